@@ -1,0 +1,92 @@
+"""Pure-torch reference twins of every kernel op.
+
+These run on any device and define the semantics the Triton kernels must match.
+Cache layout (paged): one K and one V tensor per layer, each
+    [num_blocks, block_size, num_kv_heads, head_dim];
+a sequence's token t lives in block ``block_table[t // block_size]`` at offset
+``t % block_size``; its "slot" is ``block * block_size + offset``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def store_kv(
+    key: torch.Tensor,  # [T, Hkv, D]
+    value: torch.Tensor,  # [T, Hkv, D]
+    k_cache: torch.Tensor,  # [N, bs, Hkv, D]
+    v_cache: torch.Tensor,  # [N, bs, Hkv, D]
+    slot_mapping: torch.Tensor,  # [T] int64, slot of each token
+) -> None:
+    """Write each token's K/V into its cache slot (prefill insertion and decode append)."""
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    slots = slot_mapping.long()
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, key.to(k_cache.dtype))
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, value.to(v_cache.dtype))
+
+
+def decode_attention(
+    query: torch.Tensor,  # [B, Hq, D], one new token per sequence
+    k_cache: torch.Tensor,  # [N, bs, Hkv, D]
+    v_cache: torch.Tensor,  # [N, bs, Hkv, D]
+    block_tables: torch.Tensor,  # [B, max_blocks] int32
+    seq_lens: torch.Tensor,  # [B] int32, tokens in cache incl. the new one
+    scale: float,
+) -> torch.Tensor:  # [B, Hq, D]
+    """Attention of one query per sequence over that sequence's cached keys (GQA)."""
+    batch, num_q_heads, head_dim = query.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = num_q_heads // num_kv_heads
+    max_len = int(seq_lens.max())
+    num_blocks = -(-max_len // block_size)
+    tables = block_tables[:, :num_blocks].long()
+    keys = k_cache[tables].reshape(batch, num_blocks * block_size, num_kv_heads, head_dim)
+    values = v_cache[tables].reshape(batch, num_blocks * block_size, num_kv_heads, head_dim)
+    keys, values = keys[:, :max_len].float(), values[:, :max_len].float()  # [B, L, Hkv, D]
+    q = query.float().view(batch, num_kv_heads, group, head_dim)
+    scores = torch.einsum("bhgd,blhd->bhgl", q, keys) * scale  # [B, Hkv, G, L]
+    valid = torch.arange(max_len, device=query.device)[None, :] < seq_lens[:, None].long()
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.einsum("bhgl,blhd->bhgd", probs, values)
+    return out.reshape(batch, num_q_heads, head_dim).to(query.dtype)
+
+
+def prefill_attention(
+    query: torch.Tensor,  # [T, Hq, D], all newcomers' prompt tokens packed
+    key: torch.Tensor,  # [T, Hkv, D]
+    value: torch.Tensor,  # [T, Hkv, D]
+    cu_seqlens: torch.Tensor,  # [B + 1] int32, prefix sums of prompt lengths
+    scale: float,
+) -> torch.Tensor:  # [T, Hq, D]
+    """Causal self-attention within each packed sequence (no padding between them)."""
+    num_q_heads, num_kv_heads = query.shape[1], key.shape[1]
+    group = num_q_heads // num_kv_heads
+    out = torch.empty_like(query)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        q = query[start:end].transpose(0, 1).float()  # [Hq, L, D]
+        k = key[start:end].transpose(0, 1).float().repeat_interleave(group, dim=0)
+        v = value[start:end].transpose(0, 1).float().repeat_interleave(group, dim=0)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        out[start:end] = o.transpose(0, 1).to(query.dtype)
+    return out
+
+
+def rms_norm(
+    x: torch.Tensor,  # [..., H]
+    weight: torch.Tensor,  # [H]
+    eps: float,
+    residual: torch.Tensor | None = None,  # [..., H]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm with optional fused residual add: returns (normed, new_residual).
+
+    new_residual is ``x + residual`` (or ``x`` when no residual is given), in x's dtype,
+    matching the Llama block's ``hidden = residual + attn_out; normed = norm(hidden)``.
+    """
+    hidden = x if residual is None else x + residual
+    h32 = hidden.float()
+    normed = h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype), hidden
