@@ -52,3 +52,21 @@ class BinBoundaries:
             return cls(tuple(int(part) for part in text.split(",")))
         except ValueError as exc:
             raise ValueError(f"bin edges must be comma-separated integers, got {text!r}") from exc
+
+
+class FixedBinner:
+    """Assigns bins from fixed boundaries (the Binner interface the classifier uses).
+
+    A Binner has ``num_bins``, ``boundaries`` (current edges) and ``assign(predicted)``,
+    which may also record the prediction (adaptive binners move their edges with it).
+    """
+
+    def __init__(self, boundaries: BinBoundaries) -> None:
+        self.boundaries = boundaries
+
+    @property
+    def num_bins(self) -> int:
+        return self.boundaries.num_bins
+
+    def assign(self, predicted_tokens: int) -> int:
+        return self.boundaries.bin_of(predicted_tokens)
