@@ -1,7 +1,8 @@
 """WorkerConfig: which bins a worker serves, its Kafka names and its flow-control limits.
 
 No environment reading here: ``binbaton.service.config`` builds this from flags and
-``BINBATON_*`` variables.
+``BINBATON_*`` variables. Kafka client settings (bootstrap servers, session timeouts)
+live in the service's ``KafkaConfig``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,6 @@ class WorkerConfig:
     max_poll_records: int = 16  # records handed over by one poll
     poll_timeout_ms: int = 200  # how long one poll waits for records
     commit_interval_s: float = 1.0  # how often acknowledged offsets are committed
-    # Consumer-group timing (the defaults are Kafka's; tests shorten them).
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 3_000
-    rebalance_timeout_ms: int | None = None  # None: same as session_timeout_ms
-    max_poll_interval_ms: int = 300_000
-    client_id: str = "binbaton-worker"
 
     def __post_init__(self) -> None:
         bins = tuple(self.bins)
@@ -51,17 +46,9 @@ class WorkerConfig:
         if not self.worker_id:
             raise ValueError("worker_id must not be empty")
         _positive(self, "max_in_flight", "max_poll_records", "poll_timeout_ms")
-        _positive(self, "commit_interval_s", "session_timeout_ms", "heartbeat_interval_ms")
-        _positive(self, "max_poll_interval_ms")
+        _positive(self, "commit_interval_s")
         if self.drain_timeout_s < 0:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
-        if self.heartbeat_interval_ms >= self.session_timeout_ms:
-            raise ValueError(
-                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
-                f"session_timeout_ms ({self.session_timeout_ms})"
-            )
-        if self.rebalance_timeout_ms is not None and self.rebalance_timeout_ms <= 0:
-            raise ValueError(f"rebalance_timeout_ms must be > 0, got {self.rebalance_timeout_ms}")
 
     def bin_topic(self, bin: int) -> str:
         return f"{self.topic_prefix}.bin.{bin}"
