@@ -1,0 +1,416 @@
+"""Every setting of the service, and the one place that reads ``BINBATON_*`` variables.
+
+Each command-line flag ``--some-flag`` also reads ``BINBATON_SOME_FLAG``; the command
+line wins, then the environment, then the default. A bad value fails loudly and names
+the flag or variable it came from. The parsed values build frozen, validated configs:
+KafkaConfig (client settings), TopicsConfig (names and partitions), ClassifierConfig,
+and the engine's EngineConfig and the worker's WorkerConfig.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "BINBATON_"
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names where it came from."""
+
+
+# ---------------------------------------------------------------------------------------
+# Value parsers (str -> typed value); they raise ValueError with a readable reason.
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """'0,2' -> (0, 2); empty -> ()."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError as exc:
+        raise ValueError(f"must be comma-separated integers, got {text!r}") from exc
+
+
+def non_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true/false, got {text!r}")
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {text!r}")
+        return text
+
+    return parse
+
+
+# ---------------------------------------------------------------------------------------
+# Flags: one table; the CLI adds a subset of them to each command.
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str  # "bootstrap-servers" -> --bootstrap-servers, BINBATON_BOOTSTRAP_SERVERS
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def option(self) -> str:
+        return f"--{self.name}"
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+FLAGS: dict[str, Flag] = {
+    flag.name: flag
+    for flag in [
+        Flag("bootstrap-servers", non_empty, None,
+             "Kafka bootstrap servers HOST:PORT[,…] (`up`: embedded broker when unset; "
+             "other commands: 127.0.0.1:<broker-port>)"),
+        Flag("broker-port", positive_int, 9092, "port of the embedded broker"),
+        Flag("topic-prefix", non_empty, "binbaton", "prefix of every topic name"),
+        Flag("bins", positive_int, 3, "number of length bins k (topics bin.0 … bin.{k-1})"),
+        Flag("bin-edges", int_list, None,
+             "k-1 increasing upper edges of the bins in predicted tokens, e.g. 64,256 "
+             "(default: equal-mass quantiles of the Azure trace's output lengths)"),
+        Flag("partitions", positive_int, 2, "partitions of the requests, bin and results topics"),
+        Flag("model", non_empty, None, "Hugging Face model id or local checkpoint directory"),
+        Flag("device", non_empty, "auto", "auto | cpu | cuda | cuda:N"),
+        Flag("dtype", one_of("auto", "float32", "float16", "bfloat16"), "auto",
+             "model dtype (auto: float32 on CPU, bfloat16 on CUDA)"),
+        Flag("predictor", non_empty, "max_tokens",
+             "length predictor: max_tokens | oracle | learned"),
+        Flag("predictor-path", non_empty, None, "artifact of the learned predictor"),
+        Flag("max-tokens-limit", positive_int, 4096, "server limit on a request's max_tokens"),
+        Flag("max-model-len", positive_int, None,
+             "context length the service accepts (default: the model's)"),
+        Flag("batch-size", positive_int, 64, "classifier: requests read and routed per batch"),
+        Flag("max-request-bytes", positive_int, 1 << 20,
+             "largest request message accepted (bytes); larger ones are dead-lettered"),
+        Flag("observe-cache", positive_int, 100_000,
+             "classifier: requests remembered for learning from their results (LRU)"),
+        Flag("workers", positive_int, None,
+             "`up`: worker processes (default: one per CUDA device, else 1)"),
+        Flag("policy", one_of("static", "multibin-static", "insert", "multibin-insert"),
+             "multibin-insert", "engine batching policy"),
+        Flag("max-batch", positive_int, None, "engine: most sequences decoded together"),
+        Flag("kv-budget-tokens", positive_int, None, "engine: KV cache size in tokens"),
+        Flag("queue-size", positive_int, None,
+             "worker: most requests taken from Kafka and not yet finished"),
+        Flag("drain-timeout", positive_float, 30.0,
+             "seconds to finish in-flight work on shutdown"),
+        Flag("log-level", one_of("DEBUG", "INFO", "WARNING", "ERROR"), "WARNING", "log level"),
+    ]
+}
+
+
+def add_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add the named flags; their values are resolved later by ``resolve``."""
+    for name in names:
+        flag = FLAGS[name]
+        default = "from $" + flag.env + (f", else {flag.default}" if flag.default else "")
+        parser.add_argument(flag.option, dest=flag.dest, default=None, metavar=flag.dest.upper(),
+                            help=f"{flag.help} ({default})")
+
+
+def resolve(
+    args: argparse.Namespace | Mapping[str, Any],
+    names: Iterable[str],
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Flag values by dest: command line, else ``BINBATON_<FLAG>``, else the default."""
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name in names:
+        flag = FLAGS[name]
+        raw = given.get(flag.dest)
+        source = flag.option
+        if raw is None and environ.get(flag.env) is not None:
+            raw, source = environ[flag.env], "$" + flag.env
+        if raw is None:
+            values[flag.dest] = flag.default
+            continue
+        if not isinstance(raw, str):  # already typed (programmatic callers)
+            values[flag.dest] = raw
+            continue
+        try:
+            values[flag.dest] = flag.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}={raw!r}: {exc}") from exc
+    return values
+
+
+def env_flag_names() -> list[str]:
+    return [flag.env for flag in FLAGS.values()]
+
+
+# ---------------------------------------------------------------------------------------
+# Configs.
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Client settings that work on the embedded broker (no idempotence, no transactions)."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "binbaton"
+    acks: str = "all"
+    linger_ms: int = 5
+    request_timeout_ms: int = 30_000
+    max_request_size: int = 8 << 20  # producer: largest message it will send
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 2_000
+    max_poll_interval_ms: int = 300_000
+    auto_offset_reset: str = "earliest"
+
+    def __post_init__(self) -> None:
+        servers = [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+        if not servers or any(":" not in s for s in servers):
+            raise ConfigError(
+                f"bootstrap_servers must be HOST:PORT[,HOST:PORT…], got {self.bootstrap_servers!r}"
+            )
+        if self.acks not in ("all", "1", "0"):
+            raise ConfigError(f"acks must be all, 1 or 0, got {self.acks!r}")
+        if self.auto_offset_reset not in ("earliest", "latest"):
+            raise ConfigError(f"auto_offset_reset must be earliest|latest, "
+                              f"got {self.auto_offset_reset!r}")
+        for name in ("linger_ms",):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0")
+        for name in ("request_timeout_ms", "max_request_size", "session_timeout_ms",
+                     "heartbeat_interval_ms", "max_poll_interval_ms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ConfigError("heartbeat_interval_ms must be below session_timeout_ms")
+
+    def producer_kwargs(self, client_id: str | None = None) -> dict[str, Any]:
+        """AIOKafkaProducer arguments: acks=all, no idempotence, no transactions."""
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": client_id or self.client_id,
+            "acks": "all" if self.acks == "all" else int(self.acks),
+            "enable_idempotence": False,
+            "linger_ms": self.linger_ms,
+            "request_timeout_ms": self.request_timeout_ms,
+            "max_request_size": self.max_request_size,
+        }
+
+    def consumer_kwargs(self, group_id: str | None, client_id: str | None = None) -> dict[str, Any]:
+        """AIOKafkaConsumer arguments: manual commits, reading from the earliest offset."""
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": client_id or self.client_id,
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": self.auto_offset_reset,
+            "request_timeout_ms": self.request_timeout_ms,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "max_poll_interval_ms": self.max_poll_interval_ms,
+            "fetch_max_bytes": max(52_428_800, self.max_request_size),
+            "max_partition_fetch_bytes": max(1_048_576, self.max_request_size),
+        }
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    """Topic names (from the prefix) and partition counts."""
+
+    prefix: str = "binbaton"
+    num_bins: int = 3
+    requests_partitions: int = 2
+    bin_partitions: int = 2
+    results_partitions: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(c not in _TOPIC_CHARS for c in self.prefix):
+            raise ConfigError(f"topic prefix must be non-empty [a-zA-Z0-9._-], got {self.prefix!r}")
+        if self.num_bins < 1:
+            raise ConfigError(f"num_bins must be >= 1, got {self.num_bins}")
+        for name in ("requests_partitions", "bin_partitions", "results_partitions"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def requests(self) -> str:
+        return f"{self.prefix}.requests"
+
+    def bin(self, index: int) -> str:
+        if not 0 <= index < self.num_bins:
+            raise ConfigError(f"bin {index} out of range 0..{self.num_bins - 1}")
+        return f"{self.prefix}.bin.{index}"
+
+    @property
+    def bins(self) -> tuple[str, ...]:
+        return tuple(self.bin(i) for i in range(self.num_bins))
+
+    @property
+    def results(self) -> str:
+        return f"{self.prefix}.results"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}.dlq"
+
+    @property
+    def traces(self) -> str:
+        return f"{self.prefix}.traces"
+
+    def worker_group(self, index: int) -> str:
+        """Consumer group of the workers serving bin ``index``."""
+        return f"{self.prefix}.worker.bin-{index}"
+
+    @property
+    def classifier_group(self) -> str:
+        return f"{self.prefix}.classifier"
+
+    @property
+    def feedback_group(self) -> str:
+        """The classifier's group on the results topic (learning from actual lengths)."""
+        return f"{self.prefix}.classifier.feedback"
+
+
+_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """How the classifier validates, predicts and routes."""
+
+    model: str
+    bin_edges: tuple[int, ...]
+    predictor: str = "max_tokens"
+    predictor_path: str | None = None
+    max_tokens_limit: int = 4096
+    max_model_len: int | None = None  # None: the model's own context length
+    batch_size: int = 64
+    poll_timeout_ms: int = 200
+    max_request_bytes: int = 1 << 20
+    observe_cache: int = 100_000
+    learn_from_results: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("the classifier needs --model (its tokenizer decides prompt lengths)")
+        edges = self.bin_edges
+        if any(e < 1 for e in edges) or any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ConfigError(f"bin edges must be increasing positive integers, got {edges}")
+        for name in ("max_tokens_limit", "batch_size", "poll_timeout_ms", "max_request_bytes",
+                     "observe_cache"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
+    @property
+    def num_bins(self) -> int:
+        return len(self.bin_edges) + 1
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """What every service process shares: where Kafka is and what the topics are called."""
+
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+
+
+# ---------------------------------------------------------------------------------------
+# Builders from resolved flag values (``resolve``'s output).
+
+def bootstrap_of(values: Mapping[str, Any]) -> str:
+    return values.get("bootstrap_servers") or f"127.0.0.1:{values.get('broker_port', 9092)}"
+
+
+def kafka_config(values: Mapping[str, Any], client_id: str = "binbaton") -> KafkaConfig:
+    return KafkaConfig(bootstrap_servers=bootstrap_of(values), client_id=client_id)
+
+
+def topics_config(values: Mapping[str, Any]) -> TopicsConfig:
+    edges = values.get("bin_edges")
+    num_bins = len(edges) + 1 if edges is not None else values.get("bins", 3)
+    if edges is not None and values.get("bins") not in (None, 3, num_bins):
+        raise ConfigError(f"--bins {values['bins']} disagrees with --bin-edges {edges} "
+                          f"({num_bins} bins)")
+    partitions = values.get("partitions") or 2
+    return TopicsConfig(
+        prefix=values.get("topic_prefix") or "binbaton",
+        num_bins=num_bins,
+        requests_partitions=partitions,
+        bin_partitions=partitions,
+        results_partitions=partitions,
+    )
+
+
+def default_bin_edges(num_bins: int) -> tuple[int, ...]:
+    """Equal-mass edges over the output lengths of the Azure trace slice in the repo."""
+    from binbaton.service.bins import BinBoundaries
+    from binbaton.service.workload import trace_output_lengths
+
+    return BinBoundaries.equal_mass(trace_output_lengths(), num_bins).edges
+
+
+def classifier_config(values: Mapping[str, Any]) -> ClassifierConfig:
+    topics = topics_config(values)
+    edges = values.get("bin_edges")
+    if edges is None:
+        edges = default_bin_edges(topics.num_bins)
+    return ClassifierConfig(
+        model=values.get("model") or "",
+        bin_edges=tuple(edges),
+        predictor=values.get("predictor") or "max_tokens",
+        predictor_path=values.get("predictor_path"),
+        max_tokens_limit=values.get("max_tokens_limit") or 4096,
+        max_model_len=values.get("max_model_len"),
+        batch_size=values.get("batch_size") or 64,
+        max_request_bytes=values.get("max_request_bytes") or (1 << 20),
+        observe_cache=values.get("observe_cache") or 100_000,
+    )
