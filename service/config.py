@@ -141,8 +141,12 @@ FLAGS: dict[str, Flag] = {
              "multibin-insert", "engine batching policy"),
         Flag("max-batch", positive_int, None, "engine: most sequences decoded together"),
         Flag("kv-budget-tokens", positive_int, None, "engine: KV cache size in tokens"),
-        Flag("queue-size", positive_int, None,
-             "worker: most requests taken from Kafka and not yet finished"),
+        Flag("block-size", positive_int, None, "engine: tokens per KV cache block"),
+        Flag("kernel-backend", one_of("auto", "torch", "triton"), "auto",
+             "engine kernels: triton on CUDA when auto"),
+        Flag("max-in-flight", positive_int, None,
+             "worker: most requests taken from Kafka and not yet answered"),
+        Flag("worker-id", non_empty, None, "worker: name written into results (host:pid)"),
         Flag("drain-timeout", positive_float, 30.0,
              "seconds to finish in-flight work on shutdown"),
         Flag("log-level", one_of("DEBUG", "INFO", "WARNING", "ERROR"), "WARNING", "log level"),
@@ -414,3 +418,81 @@ def classifier_config(values: Mapping[str, Any]) -> ClassifierConfig:
         max_request_bytes=values.get("max_request_bytes") or (1 << 20),
         observe_cache=values.get("observe_cache") or 100_000,
     )
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a CUDA device is visible, else 'cpu'."""
+    if device != "auto":
+        if device != "cpu" and not device.startswith("cuda"):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def engine_config(values: Mapping[str, Any]):  # -> binbaton.workers.engine.config.EngineConfig
+    """The worker's engine settings from flags (model, device, dtype, policy, sizes)."""
+    from binbaton.workers.engine.config import EngineConfig
+
+    if not values.get("model"):
+        raise ConfigError("the worker needs --model (or $BINBATON_MODEL)")
+    device = resolve_device(values.get("device") or "auto")
+    dtype = values.get("dtype") or "auto"
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    optional = {
+        "max_batch": values.get("max_batch"),
+        "kv_budget_tokens": values.get("kv_budget_tokens"),
+        "block_size": values.get("block_size"),
+        "max_model_len": values.get("max_model_len"),
+    }
+    try:
+        return EngineConfig(
+            model=values["model"],
+            device=device,
+            dtype=dtype,
+            policy=values.get("policy") or "multibin-insert",
+            kernel_backend=values.get("kernel_backend") or "auto",
+            **{k: v for k, v in optional.items() if v is not None},
+        )
+    except ValueError as exc:
+        raise ConfigError(f"engine settings: {exc}") from exc
+
+
+def worker_config(values: Mapping[str, Any], bins: Iterable[int]):  # -> WorkerConfig
+    """The worker's Kafka-side settings: its bins (indices), topics, flow control."""
+    from binbaton.workers.config import WorkerConfig
+
+    optional = {
+        "worker_id": values.get("worker_id"),
+        "max_in_flight": values.get("max_in_flight"),
+        "drain_timeout_s": values.get("drain_timeout"),
+    }
+    try:
+        return WorkerConfig(
+            bins=tuple(bins),
+            topic_prefix=values.get("topic_prefix") or "binbaton",
+            **{k: v for k, v in optional.items() if v is not None},
+        )
+    except ValueError as exc:
+        raise ConfigError(f"worker settings: {exc}") from exc
+
+
+def resolve_worker_bins(
+    given: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[int, ...]:
+    """``binbaton worker --bins 0,2``: bin indices (also ``$BINBATON_BINS``), required."""
+    environ = os.environ if environ is None else environ
+    raw, source = given, "--bins"
+    if raw is None and environ.get(FLAGS["bins"].env) is not None:
+        raw, source = environ[FLAGS["bins"].env], "$" + FLAGS["bins"].env
+    if raw is None:
+        raise ConfigError("a worker needs --bins (bin indices, e.g. 0,1)")
+    try:
+        bins = int_list(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{source}={raw!r}: {exc}") from exc
+    if not bins or min(bins) < 0:
+        raise ConfigError(f"{source}={raw!r}: must name bin indices >= 0")
+    return bins
