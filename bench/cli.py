@@ -1,0 +1,32 @@
+"""``binbaton bench {model,engine,pipeline}``: side-by-side benchmarks (see bench/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from binbaton.bench import model_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="binbaton bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    model_cli.add_arguments(
+        sub.add_parser("model", help="simulate the Multi-Bin queueing model over k")
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "model":
+            return model_cli.main(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"binbaton bench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
