@@ -1,0 +1,518 @@
+"""The worker process: Kafka bins in, engine in the middle, results out.
+
+One consumer group per bin (``<prefix>.worker.bin-<i>``), so one AIOKafkaConsumer per
+served bin; they share one engine, one producer and one bound on in-flight messages.
+
+Flow control and delivery (DESIGN.md, "Delivery semantics"):
+- a message is *in flight* from the moment it is taken until its result is acknowledged
+  by the broker; at most ``max_in_flight`` are. When full, every assigned partition is
+  paused (and re-paused after a rebalance); records a poll hands over beyond the bound
+  are given back with a seek.
+- completions are out of order, so each consumer's OffsetTracker commits per partition
+  up to the lowest offset whose result is not yet acknowledged (periodically, on revoke
+  and at shutdown). A message whose result was not acknowledged is never committed: it
+  is redelivered (at-least-once; clients de-duplicate by id).
+- the engine steps in its own thread (AsyncEngine), so the event loop keeps heartbeating.
+
+Shutdown (SIGTERM/SIGINT): stop taking messages, let in-flight requests finish within
+``drain_timeout_s``, publish and commit them, leave the groups. A second signal skips
+the rest of the drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from binbaton.schemas.codec import (
+    InvalidMessage,
+    dead_letter,
+    decode_binned,
+    encode,
+    error_result,
+    now_ms,
+)
+from binbaton.schemas.messages import BinnedRequest, ErrorInfo, Timings
+from binbaton.workers.config import WorkerConfig
+from binbaton.workers.engine.request import GenerationOutput, GenerationRequest
+from binbaton.workers.messages import (
+    Headers,
+    build_result,
+    to_generation_request,
+    trace_headers,
+)
+from binbaton.workers.offsets import OffsetTracker
+
+log = logging.getLogger(__name__)
+
+STAGE = "worker"
+PUBLISH_RETRY_S = 0.5
+
+
+class KafkaSettings(Protocol):
+    """What the worker needs of ``binbaton.service.config.KafkaConfig``."""
+
+    bootstrap_servers: str
+
+    def producer_kwargs(self, client_id: str | None = None) -> dict[str, Any]: ...
+
+    def consumer_kwargs(
+        self, group_id: str | None, client_id: str | None = None
+    ) -> dict[str, Any]: ...
+
+
+class EngineService(Protocol):
+    """What the worker needs of ``binbaton.workers.engine.async_engine.AsyncEngine``."""
+
+    async def start(self) -> None: ...
+
+    def submit(self, request: GenerationRequest) -> asyncio.Future[GenerationOutput]: ...
+
+    async def stop(self, timeout: float | None = None) -> None: ...
+
+
+def ready_line(config: WorkerConfig) -> str:
+    """The line printed on stdout once the model is loaded and every group is joined."""
+    return f"worker ready id={config.worker_id} bins={','.join(map(str, config.bins))}"
+
+
+class BinConsumer(ConsumerRebalanceListener):
+    """The consumer of one bin's group, its offset tracker, and its rebalance callbacks."""
+
+    def __init__(self, worker: Worker, bin: int, consumer: AIOKafkaConsumer) -> None:
+        self.worker = worker
+        self.bin = bin
+        self.consumer = consumer
+        self.tracker = OffsetTracker()
+        self.joined = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._last_commit = time.monotonic()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Commit what is acknowledged, then forget: the new owner starts from there.
+        await self.commit(revoked)
+        self.tracker.reset(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        # A rebalance forgets pauses: re-pause when the worker is still full.
+        if self.worker.is_full():
+            self.consumer.pause(*assigned)
+        self.joined.set()
+        log.info("bin %d: assigned %s", self.bin, sorted(assigned))
+
+    def pause_all(self) -> None:
+        self.consumer.pause(*self.consumer.assignment())
+
+    def resume_all(self) -> None:
+        paused = self.consumer.paused()
+        if paused:
+            self.consumer.resume(*paused)
+
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Commit, per partition, up to the lowest offset not yet acknowledged."""
+        async with self._commit_lock:
+            self._last_commit = time.monotonic()
+            offsets = self.tracker.committable(partitions)
+            if not offsets:
+                return
+            try:
+                await self.consumer.commit(offsets)
+            except KafkaError as exc:  # rebalanced away, broker gone: redelivered later
+                log.warning("bin %d: commit of %s failed: %r", self.bin, offsets, exc)
+                return
+            self.tracker.committed(offsets)
+            log.debug("bin %d: committed %s", self.bin, offsets)
+
+    async def maybe_commit(self, interval_s: float) -> None:
+        if time.monotonic() - self._last_commit >= interval_s:
+            await self.commit()
+
+
+class Worker:
+    """Serves the configured bins until ``stop`` is set; see the module docstring."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        kafka: KafkaSettings,
+        engine: EngineService,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.kafka = kafka
+        self.engine = engine
+        self.on_ready = on_ready
+        self.in_flight = 0
+        self.served = 0  # results acknowledged (ok or error)
+        self.failed = False  # the engine broke: exit non-zero, leave messages uncommitted
+        self._capacity_freed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._by_id: dict[str, asyncio.Future[GenerationOutput]] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._consumers: list[BinConsumer] = []
+        self._stop = asyncio.Event()
+        self._abort = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, abort: asyncio.Event | None = None) -> int:
+        """Start, serve until ``stop`` is set, drain, stop. Returns the exit code."""
+        self._stop = stop
+        self._abort = abort or asyncio.Event()
+        try:
+            await self.start()
+            await self._serve()
+        except KafkaError as exc:  # e.g. no broker at bootstrap_servers
+            log.error("worker stopped by a Kafka error: %r", exc)
+            self.failed = True
+        finally:
+            await self.stop()
+        return 1 if self.failed else 0
+
+    async def start(self) -> None:
+        """Engine thread, producer, one consumer per bin; returns once every group joined."""
+        await self.engine.start()
+        client_id = f"binbaton-worker-{self.config.worker_id}"
+        self._producer = AIOKafkaProducer(**self.kafka.producer_kwargs(client_id))
+        await self._producer.start()
+        for bin in self.config.bins:
+            kwargs = self.kafka.consumer_kwargs(self.config.group_id(bin), client_id)
+            kwargs["enable_auto_commit"] = False
+            kwargs["max_poll_records"] = self.config.max_poll_records
+            consumer = AIOKafkaConsumer(**kwargs)
+            bin_consumer = BinConsumer(self, bin, consumer)
+            consumer.subscribe([self.config.bin_topic(bin)], listener=bin_consumer)
+            await consumer.start()
+            self._consumers.append(bin_consumer)
+        if await self._wait_joined():
+            print(ready_line(self.config), flush=True)
+            if self.on_ready is not None:
+                self.on_ready()
+
+    async def _wait_joined(self) -> bool:
+        """True once every bin's group assigned us (maybe no partitions); False if stopped."""
+        joined = asyncio.ensure_future(asyncio.gather(*(c.joined.wait() for c in self._consumers)))
+        stopped = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait([joined, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        joined.cancel()
+        return all(c.joined.is_set() for c in self._consumers)
+
+    async def stop(self) -> None:
+        """Mirror of start: consumers (leave the groups), producer, engine."""
+        for bin_consumer in reversed(self._consumers):
+            with contextlib.suppress(Exception):
+                await bin_consumer.consumer.stop()
+        self._consumers.clear()
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            self._producer = None
+        await self.engine.stop(timeout=1.0)
+
+    async def _serve(self) -> None:
+        loops = [asyncio.create_task(self._fetch_loop(c)) for c in self._consumers]
+        try:
+            await asyncio.gather(*loops)
+        except Exception:
+            log.exception("worker fetch loop failed")
+            self.failed = True
+            self._stop.set()
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Let in-flight requests finish within the drain timeout, then commit them."""
+        if self._tasks and not self.failed:
+            log.info("draining %d in-flight requests (%.1fs)", len(self._tasks),
+                     self.config.drain_timeout_s)
+            pending = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
+            aborted = asyncio.ensure_future(self._abort.wait())
+            await asyncio.wait([pending, aborted], timeout=self.config.drain_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            pending.cancel()
+            aborted.cancel()
+        for bin_consumer in self._consumers:
+            await bin_consumer.commit()
+        if self._tasks:
+            log.warning("%d requests not finished: left uncommitted (redelivered)",
+                        len(self._tasks))
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- taking messages -----------------------------------------------------------------
+
+    def is_full(self) -> bool:
+        return self.in_flight >= self.config.max_in_flight
+
+    async def _fetch_loop(self, bin_consumer: BinConsumer) -> None:
+        config = self.config
+        while not self._stop.is_set():
+            free = config.max_in_flight - self.in_flight
+            if free <= 0:
+                bin_consumer.pause_all()
+                # Still poll (returns nothing while paused) so the group sees us alive.
+                self._take(bin_consumer, await bin_consumer.consumer.getmany(timeout_ms=0))
+                await self._wait_for_capacity(config.poll_timeout_ms / 1000)
+            else:
+                bin_consumer.resume_all()
+                batch = await bin_consumer.consumer.getmany(
+                    timeout_ms=config.poll_timeout_ms,
+                    max_records=min(free, config.max_poll_records),
+                )
+                self._take(bin_consumer, batch)
+            await bin_consumer.maybe_commit(config.commit_interval_s)
+
+    async def _wait_for_capacity(self, timeout: float) -> None:
+        self._capacity_freed.clear()
+        freed = asyncio.ensure_future(self._capacity_freed.wait())
+        stopped = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait([freed, stopped], timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        freed.cancel()
+        stopped.cancel()
+
+    def _take(
+        self, bin_consumer: BinConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
+        assigned = bin_consumer.consumer.assignment()
+        for tp, records in batch.items():
+            if tp not in assigned:  # revoked while the poll returned: the new owner reads it
+                continue
+            for record in records:
+                if self.is_full() or self._stop.is_set():
+                    # Another bin's poll took the room: hand the rest back.
+                    bin_consumer.consumer.seek(tp, record.offset)
+                    break
+                bin_consumer.tracker.track(tp, record.offset)
+                self.in_flight += 1
+                task = asyncio.create_task(self._handle(bin_consumer, tp, record))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    # -- serving one message -------------------------------------------------------------
+
+    async def _handle(
+        self, bin_consumer: BinConsumer, tp: TopicPartition, record: ConsumerRecord
+    ) -> None:
+        acknowledged = False
+        try:
+            acknowledged = await self._serve_record(bin_consumer, record)
+        finally:
+            if acknowledged:
+                bin_consumer.tracker.done(tp, record.offset)
+                self.served += 1
+            self.in_flight -= 1
+            self._capacity_freed.set()
+
+    async def _serve_record(self, bin_consumer: BinConsumer, record: ConsumerRecord) -> bool:
+        """Serve one message; True once everything it caused is acknowledged."""
+        headers = trace_headers(record.headers)
+        try:
+            binned = decode_binned(record.value or b"")
+        except InvalidMessage as exc:
+            error = ErrorInfo(exc.code, str(exc))
+            return await self._reject(record, bin_consumer.bin, error, exc.request_id, headers)
+        try:
+            request = to_generation_request(binned)
+        except ValueError as exc:
+            error = ErrorInfo("invalid_request", f"invalid binned request: {exc}")
+            return await self._reject(record, bin_consumer.bin, error, binned.request.id, headers,
+                                      binned)
+        try:
+            output = await asyncio.shield(self._submit(request))
+        except Exception:
+            # The engine itself broke: leave the message uncommitted for a healthy worker.
+            log.exception("engine failed on request %s; stopping", request.id)
+            self.failed = True
+            self._stop.set()
+            return False
+        result = build_result(binned, output, self.config.worker_id)
+        sends = [self._publish(self.config.results_topic, result, request.id, headers)]
+        if output.error is not None:
+            letter = dead_letter(record.value, result.error, record.topic, record.partition,
+                                 record.offset, request.id, STAGE)
+            sends.append(self._publish(self.config.dlq_topic, letter, request.id, headers))
+        await asyncio.gather(*sends)
+        return True
+
+    def _submit(self, request: GenerationRequest) -> asyncio.Future[GenerationOutput]:
+        # A redelivered id still in the engine (revoke, then re-assign) shares its future.
+        future = self._by_id.get(request.id)
+        if future is None:
+            future = self.engine.submit(request)
+            self._by_id[request.id] = future
+            future.add_done_callback(lambda _: self._by_id.pop(request.id, None))
+        return future
+
+    async def _reject(
+        self,
+        record: ConsumerRecord,
+        bin: int,
+        error: ErrorInfo,
+        request_id: str | None,
+        headers: Headers,
+        binned: BinnedRequest | None = None,
+    ) -> bool:
+        """A message the worker cannot serve: a DeadLetter, and an error Result if the id is
+        known."""
+        log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
+                    record.offset, error.message)
+        letter = dead_letter(record.value, error, record.topic, record.partition, record.offset,
+                             request_id, STAGE)
+        sends = [self._publish(self.config.dlq_topic, letter, request_id, headers)]
+        if request_id is not None:
+            timings = Timings(finished=now_ms())
+            if binned is not None:
+                timings = Timings(received=binned.received, classified=binned.classified,
+                                  finished=now_ms())
+            metadata = dict(binned.request.metadata) if binned is not None else None
+            result = error_result(request_id, error, timings=timings, metadata=metadata,
+                                  bin=bin, worker=self.config.worker_id)
+            sends.append(self._publish(self.config.results_topic, result, request_id, headers))
+        await asyncio.gather(*sends)
+        return True
+
+    async def _publish(self, topic: str, message: Any, key: str | None, headers: Headers) -> None:
+        """Send and wait for the broker's acknowledgement, retrying until it comes."""
+        assert self._producer is not None
+        value = encode(message)
+        key_bytes = key.encode() if key is not None else None
+        while True:
+            try:
+                await self._producer.send_and_wait(topic, value=value, key=key_bytes,
+                                                   headers=headers or None)
+                return
+            except KafkaError as exc:
+                log.warning("publish to %s failed (%r); retrying", topic, exc)
+                await asyncio.sleep(PUBLISH_RETRY_S)
+
+
+# -- entry points ----------------------------------------------------------------------
+
+
+async def serve(
+    worker_config: WorkerConfig,
+    engine: EngineService,
+    kafka: KafkaSettings,
+    stop: asyncio.Event,
+    abort: asyncio.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """The async core: run a Worker until ``stop`` is set. Returns the exit code."""
+    return await Worker(worker_config, kafka, engine, on_ready).run(stop, abort)
+
+
+def run_worker(
+    worker_config: WorkerConfig,
+    engine_config: Any,
+    kafka: KafkaSettings,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """Blocking entry point (``binbaton worker``): load the model, serve until a signal.
+
+    ``engine_config`` is a ``binbaton.workers.engine.config.EngineConfig``. SIGTERM or
+    SIGINT drains; a second one skips the rest of the drain. Returns the exit code.
+    """
+    from binbaton.workers.engine.async_engine import AsyncEngine
+    from binbaton.workers.engine.engine import Engine
+
+    engine = AsyncEngine(Engine(engine_config))  # loads the model before joining any group
+    return asyncio.run(_run_until_signal(worker_config, engine, kafka, on_ready))
+
+
+async def _run_until_signal(
+    worker_config: WorkerConfig,
+    engine: EngineService,
+    kafka: KafkaSettings,
+    on_ready: Callable[[], None] | None,
+) -> int:
+    stop, abort = asyncio.Event(), asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: skipping the drain", signal.Signals(signum).name)
+            abort.set()
+        else:
+            log.info("%s: stopping", signal.Signals(signum).name)
+            stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await serve(worker_config, engine, kafka, stop, abort, on_ready)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m binbaton.workers.worker``: a worker with explicit settings (tests, debugging).
+
+    The product's entry point is ``binbaton worker`` (service/cli.py), which reads the
+    ``BINBATON_*`` environment too.
+    """
+    from binbaton.service.config import KafkaConfig
+    from binbaton.workers.engine.config import EngineConfig
+
+    parser = argparse.ArgumentParser(prog="python -m binbaton.workers.worker")
+    parser.add_argument("--bootstrap-servers", required=True)
+    parser.add_argument("--topic-prefix", default="binbaton")
+    parser.add_argument("--bins", required=True, help="comma-separated bin indices, e.g. 0,1")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--policy", default="multibin-insert")
+    parser.add_argument("--max-batch", type=int, default=None)
+    parser.add_argument("--worker-id", default=None)
+    parser.add_argument("--max-in-flight", type=int, default=64)
+    parser.add_argument("--drain-timeout", type=float, default=30.0)
+    parser.add_argument("--commit-interval", type=float, default=1.0)
+    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
+    parser.add_argument("--heartbeat-interval-ms", type=int, default=2_000)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    worker_kwargs: dict[str, Any] = {}
+    if args.worker_id:
+        worker_kwargs["worker_id"] = args.worker_id
+    worker_config = WorkerConfig(
+        bins=tuple(int(b) for b in args.bins.split(",") if b.strip()),
+        topic_prefix=args.topic_prefix,
+        max_in_flight=args.max_in_flight,
+        drain_timeout_s=args.drain_timeout,
+        commit_interval_s=args.commit_interval,
+        **worker_kwargs,
+    )
+    kafka = KafkaConfig(
+        bootstrap_servers=args.bootstrap_servers,
+        client_id="binbaton-worker",
+        session_timeout_ms=args.session_timeout_ms,
+        heartbeat_interval_ms=args.heartbeat_interval_ms,
+    )
+    engine_kwargs: dict[str, Any] = {}
+    if args.max_batch is not None:
+        engine_kwargs["max_batch"] = args.max_batch
+    engine_config = EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
+                                 policy=args.policy, **engine_kwargs)
+    return run_worker(worker_config, engine_config, kafka)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
