@@ -1,0 +1,513 @@
+"""The classifier: validate, tokenize, predict the output length, route to a bin topic.
+
+``Router`` makes the decision for a batch of requests without Kafka (``binbaton predict``
+uses it too). ``Classifier`` is the Kafka service around it: it reads
+``<prefix>.requests`` in batches, produces each decision as a ``BinnedRequest`` to
+``<prefix>.bin.<i>`` (bad input: a ``DeadLetter`` and, when the id is known, an error
+``Result``), and commits a batch's offsets only once the broker acknowledged every
+message that batch produced. It also follows ``<prefix>.results`` to feed actual output
+lengths back to the predictor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord, TopicPartition
+from binbaton.schemas import (
+    BinnedRequest,
+    ErrorInfo,
+    InvalidMessage,
+    Request,
+    Timings,
+    dead_letter,
+    decode_request,
+    decode_result,
+    encode,
+    error_result,
+    now_ms,
+    recover_id,
+)
+from binbaton.service.bins import BinBoundaries, FixedBinner
+from binbaton.service.config import ClassifierConfig, ConfigError, KafkaConfig, TopicsConfig
+from binbaton.service.predictor import (
+    LengthPredictor,
+    MaxTokensPredictor,
+    OraclePredictor,
+    PredictionInput,
+)
+
+log = logging.getLogger("binbaton.classifier")
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+DEAD_LETTER_RAW_LIMIT = 64 * 1024  # bytes of an oversized message kept in its dead letter
+
+
+# ---------------------------------------------------------------------------------------
+# Predictors by name.
+
+
+def _learned_predictor(config: ClassifierConfig) -> LengthPredictor:
+    from binbaton.service.learned import create_predictor  # the predictor engineer's module
+
+    return create_predictor(config.predictor_path)
+
+
+PREDICTORS: dict[str, Callable[[ClassifierConfig], LengthPredictor]] = {
+    "max_tokens": lambda config: MaxTokensPredictor(),
+    "oracle": lambda config: OraclePredictor(),
+    "learned": _learned_predictor,
+}
+
+
+def make_predictor(config: ClassifierConfig) -> LengthPredictor:
+    factory = PREDICTORS.get(config.predictor)
+    if factory is None:
+        raise ConfigError(f"unknown predictor {config.predictor!r}; choose one of "
+                          f"{', '.join(PREDICTORS)}")
+    return factory(config)
+
+
+# ---------------------------------------------------------------------------------------
+# The decision, without Kafka.
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A valid request, tokenized, with its predicted output length and bin."""
+
+    request: Request
+    prompt_token_ids: tuple[int, ...]
+    predicted_tokens: int
+    bin: int
+    features: PredictionInput  # what the predictor saw (kept to learn from the result)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    max_model_len: int  # prompt tokens must be fewer than this
+    vocab_size: int  # prompt token ids must be below this
+
+
+def load_model_limits(model: str, tokenizer: Any, max_model_len: int | None) -> ModelLimits:
+    """Context length and vocabulary size from the checkpoint's config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.from_pretrained(model)
+    text_config = getattr(hf_config, "text_config", None) or hf_config
+    context = getattr(text_config, "max_position_embeddings", None)
+    if max_model_len is not None:
+        context = min(context, max_model_len) if context else max_model_len
+    if not context:
+        raise ConfigError(f"{model}: config has no max_position_embeddings; give --max-model-len")
+    vocab = getattr(text_config, "vocab_size", None) or len(tokenizer)
+    return ModelLimits(max_model_len=int(context), vocab_size=int(vocab))
+
+
+class Router:
+    """Validates against the served model, tokenizes, predicts, and picks the bin."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        limits: ModelLimits,
+        predictor: LengthPredictor,
+        binner: FixedBinner,
+        max_tokens_limit: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.predictor = predictor
+        self.binner = binner
+        self.max_tokens_limit = max_tokens_limit
+
+    @classmethod
+    def from_config(cls, config: ClassifierConfig) -> Router:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(config.model)
+        return cls(
+            tokenizer=tokenizer,
+            limits=load_model_limits(config.model, tokenizer, config.max_model_len),
+            predictor=make_predictor(config),
+            binner=FixedBinner(BinBoundaries(config.bin_edges)),
+            max_tokens_limit=config.max_tokens_limit,
+        )
+
+    @property
+    def num_bins(self) -> int:
+        return self.binner.num_bins
+
+    def decide(self, requests: Sequence[Request]) -> list[Decision | InvalidMessage]:
+        """One outcome per request, in order: a Decision, or why it cannot be served."""
+        token_ids = self._tokenize(requests)
+        outcomes: list[Decision | InvalidMessage | None] = []
+        valid: list[int] = []
+        for index, (request, ids) in enumerate(zip(requests, token_ids, strict=True)):
+            problem = self._check(request, ids)
+            outcomes.append(problem)
+            if problem is None:
+                valid.append(index)
+        features = [self._features(requests[i], token_ids[i]) for i in valid]
+        predicted = self.predictor.predict(features) if features else []
+        for index, item, tokens in zip(valid, features, predicted, strict=True):
+            tokens = max(1, min(int(tokens), requests[index].max_tokens))
+            outcomes[index] = Decision(
+                request=requests[index],
+                prompt_token_ids=token_ids[index],
+                predicted_tokens=tokens,
+                bin=self.binner.assign(tokens),
+                features=item,
+            )
+        return outcomes  # type: ignore[return-value]  # every None was replaced
+
+    def _tokenize(self, requests: Sequence[Request]) -> list[tuple[int, ...]]:
+        texts = [r.prompt for r in requests if r.prompt is not None]
+        encoded = iter(self.tokenizer(texts)["input_ids"] if texts else [])
+        return [
+            tuple(next(encoded)) if r.prompt is not None else tuple(r.prompt_token_ids or ())
+            for r in requests
+        ]
+
+    def _check(self, request: Request, ids: tuple[int, ...]) -> InvalidMessage | None:
+        if request.max_tokens > self.max_tokens_limit:
+            return InvalidMessage(
+                "max_tokens_too_large",
+                f"max_tokens {request.max_tokens} exceeds the server limit "
+                f"{self.max_tokens_limit}",
+                request.id,
+            )
+        if not ids:
+            return InvalidMessage("empty_prompt", "the prompt has no tokens", request.id)
+        if len(ids) >= self.limits.max_model_len:
+            return InvalidMessage(
+                "prompt_too_long",
+                f"prompt has {len(ids)} tokens; the model's context is "
+                f"{self.limits.max_model_len} tokens (at least one must be left to generate)",
+                request.id,
+            )
+        if request.prompt_token_ids is not None:
+            bad = [t for t in ids if t >= self.limits.vocab_size]
+            if bad:
+                return InvalidMessage(
+                    "token_out_of_range",
+                    f"prompt_token_ids contains {bad[0]}; the vocabulary has "
+                    f"{self.limits.vocab_size} tokens",
+                    request.id,
+                )
+        return None
+
+    @staticmethod
+    def _features(request: Request, ids: tuple[int, ...]) -> PredictionInput:
+        return PredictionInput(
+            prompt=request.prompt,
+            prompt_token_ids=ids,
+            max_tokens=request.max_tokens,
+            metadata=dict(request.metadata),
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# The Kafka service.
+
+
+class RecentInputs:
+    """Bounded LRU map: request id -> what the predictor saw, until its result arrives."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, PredictionInput] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, request_id: str, item: PredictionInput) -> None:
+        self._items[request_id] = item
+        self._items.move_to_end(request_id)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def pop(self, request_id: str) -> PredictionInput | None:
+        return self._items.pop(request_id, None)
+
+
+class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):
+    """Partitions are handed over only between batches: the batch in hand is routed and
+    committed first, so the next owner does not route it again."""
+
+    def __init__(self, batch_lock: asyncio.Lock) -> None:
+        self.batch_lock = batch_lock
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.batch_lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("classifier assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+
+@dataclass
+class ClassifierStats:
+    routed: int = 0
+    rejected: int = 0
+    observed: int = 0
+    batches: int = 0
+
+
+class Classifier:
+    """Consumes requests, produces bin messages, dead letters and error results."""
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        topics: TopicsConfig,
+        config: ClassifierConfig,
+        router: Router | None = None,
+    ) -> None:
+        if config.num_bins != topics.num_bins:
+            raise ConfigError(f"{config.num_bins} bins from the edges {config.bin_edges}, "
+                              f"but {topics.num_bins} bin topics")
+        self.kafka = kafka
+        self.topics = topics
+        self.config = config
+        self.router = router or Router.from_config(config)
+        self.recent = RecentInputs(config.observe_cache)
+        self.stats = ClassifierStats()
+        self._batch_lock = asyncio.Lock()
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._feedback: AIOKafkaConsumer | None = None
+
+    # -- lifecycle (start and stop mirror each other) --
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(**self.kafka.producer_kwargs("binbaton-classifier"))
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            **self.kafka.consumer_kwargs(self.topics.classifier_group, "binbaton-classifier"),
+            max_poll_records=self.config.batch_size,
+        )
+        self._consumer.subscribe([self.topics.requests],
+                                 listener=_FinishBatchBeforeRevoke(self._batch_lock))
+        await self._consumer.start()
+        if self.config.learn_from_results:
+            self._feedback = AIOKafkaConsumer(
+                self.topics.results,
+                **self.kafka.consumer_kwargs(self.topics.feedback_group, "binbaton-classifier"),
+            )
+            await self._feedback.start()
+
+    async def stop(self) -> None:
+        if self._feedback is not None:
+            await self._feedback.stop()
+            self._feedback = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Route batches until ``stop`` is set; the batch in hand is finished first."""
+        await self.start()
+        try:
+            tasks = [asyncio.create_task(self._route_loop(stop), name="classifier-route")]
+            if self._feedback is not None:
+                tasks.append(asyncio.create_task(self._feedback_loop(stop), name="feedback"))
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await self.stop()
+
+    # -- routing --
+
+    async def _route_loop(self, stop: asyncio.Event) -> None:
+        assert self._consumer is not None
+        while not stop.is_set():
+            batches = await self._consumer.getmany(
+                timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size
+            )
+            if not batches:
+                continue
+            async with self._batch_lock:
+                await self._route_batch(batches)
+
+    async def _route_batch(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        assert self._consumer is not None
+        records = [record for part in batches.values() for record in part]
+        try:
+            acks = await self.route(records)
+            await asyncio.gather(*acks)
+        except KafkaError as exc:
+            # Nothing of this batch is committed: go back and route it again.
+            log.warning("producing a batch failed (%s); routing it again", exc)
+            for tp, part in batches.items():
+                self._consumer.seek(tp, part[0].offset)
+            await asyncio.sleep(0.5)
+            return
+        offsets = {tp: part[-1].offset + 1 for tp, part in batches.items()}
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # Partitions moved on: the next owner routes them again (at-least-once).
+            log.warning("commit failed after routing (%s); duplicates may follow", exc)
+        self.stats.batches += 1
+
+    async def route(self, records: Sequence[ConsumerRecord]) -> list[asyncio.Future[Any]]:
+        """Decide and send every record; returns the broker acknowledgements to await."""
+        received = now_ms()
+        acks: list[asyncio.Future[Any]] = []
+        requests: list[tuple[ConsumerRecord, Request]] = []
+        for record in records:
+            request = await self._decode(record, received, acks)
+            if request is not None:
+                requests.append((record, request))
+        outcomes = self.router.decide([request for _, request in requests])
+        classified = now_ms()
+        for (record, request), outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, Decision):
+                acks.append(await self._send_binned(record, outcome, received, classified))
+            else:
+                await self._reject(record, outcome, received, acks, request)
+        return acks
+
+    async def _decode(
+        self, record: ConsumerRecord, received: int, acks: list[asyncio.Future[Any]]
+    ) -> Request | None:
+        raw = record.value or b""
+        if len(raw) > self.config.max_request_bytes:
+            problem = InvalidMessage(
+                "message_too_large",
+                f"request is {len(raw)} bytes; the limit is {self.config.max_request_bytes}",
+                recover_id(raw),
+            )
+            await self._reject(record, problem, received, acks)
+            return None
+        try:
+            return decode_request(raw)
+        except InvalidMessage as problem:
+            if problem.request_id is None:
+                problem.request_id = _key_id(record)
+            await self._reject(record, problem, received, acks)
+            return None
+
+    async def _send_binned(
+        self, record: ConsumerRecord, decision: Decision, received: int, classified: int
+    ) -> asyncio.Future[Any]:
+        assert self._producer is not None
+        message = BinnedRequest(
+            request=decision.request,
+            prompt_token_ids=list(decision.prompt_token_ids),
+            predicted_tokens=decision.predicted_tokens,
+            bin=decision.bin,
+            received=received,
+            classified=classified,
+        )
+        self.recent.put(decision.request.id, decision.features)
+        self.stats.routed += 1
+        return await self._producer.send(
+            self.topics.bin(decision.bin),
+            value=encode(message),
+            key=decision.request.id.encode(),
+            headers=_trace_headers(record),
+        )
+
+    async def _reject(
+        self,
+        record: ConsumerRecord,
+        problem: InvalidMessage,
+        received: int,
+        acks: list[asyncio.Future[Any]],
+        request: Request | None = None,
+    ) -> None:
+        assert self._producer is not None
+        self.stats.rejected += 1
+        error = ErrorInfo(code=problem.code, message=str(problem))
+        request_id = problem.request_id
+        log.info("rejected %s at %s:%d@%d: %s", request_id, record.topic, record.partition,
+                 record.offset, error.message)
+        raw = (record.value or b"")[:DEAD_LETTER_RAW_LIMIT]
+        letter = dead_letter(raw, error, record.topic, record.partition, record.offset,
+                             request_id, stage="classifier")
+        key = request_id.encode() if request_id else None
+        headers = _trace_headers(record)
+        acks.append(await self._producer.send(self.topics.dlq, value=encode(letter), key=key,
+                                              headers=headers))
+        if request_id is None:
+            return
+        result = error_result(
+            request_id,
+            error,
+            timings=Timings(received=received, finished=now_ms()),
+            metadata=dict(request.metadata) if request is not None else {},
+        )
+        acks.append(await self._producer.send(self.topics.results, value=encode(result),
+                                              key=key, headers=headers))
+
+    # -- learning from actual lengths --
+
+    async def _feedback_loop(self, stop: asyncio.Event) -> None:
+        assert self._feedback is not None
+        while not stop.is_set():
+            batches = await self._feedback.getmany(timeout_ms=self.config.poll_timeout_ms)
+            observed: list[tuple[PredictionInput, int]] = []
+            for record in (r for part in batches.values() for r in part):
+                try:
+                    result = decode_result(record.value or b"")
+                except InvalidMessage:
+                    continue  # not ours to judge: the results topic's readers see it as is
+                item = self.recent.pop(result.id)
+                if item is not None and result.status == "ok":
+                    observed.append((item, result.usage.completion_tokens))
+            if observed:
+                try:
+                    self.router.predictor.observe(observed)
+                except Exception:  # a predictor bug must not stop routing
+                    log.exception("predictor.observe failed")
+                self.stats.observed += len(observed)
+            if batches:
+                with contextlib.suppress(CommitFailedError, KafkaError):
+                    await self._feedback.commit(
+                        {tp: part[-1].offset + 1 for tp, part in batches.items()}
+                    )
+
+
+def _key_id(record: ConsumerRecord) -> str | None:
+    """The message key as a request id, when it is one."""
+    if not record.key:
+        return None
+    try:
+        key = record.key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return key if 0 < len(key) <= 128 else None
+
+
+def _trace_headers(record: ConsumerRecord) -> list[tuple[str, bytes]]:
+    """W3C trace context headers of the incoming message, unchanged."""
+    return [(k, v) for k, v in (record.headers or ()) if k in TRACE_HEADERS]
+
+
+async def run_classifier(
+    kafka: KafkaConfig, topics: TopicsConfig, config: ClassifierConfig, stop: asyncio.Event
+) -> ClassifierStats:
+    """Create the topics (idempotent), then classify until ``stop`` is set."""
+    from binbaton.service.topics import create_service_topics
+
+    await create_service_topics(kafka.bootstrap_servers, topics)
+    classifier = Classifier(kafka, topics, config)
+    await classifier.run(stop)
+    return classifier.stats

@@ -1,0 +1,81 @@
+"""The classifier's decision (Router) on a real tiny checkpoint, without Kafka."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from binbaton.schemas import InvalidMessage, Request
+from binbaton.service.classifier import Decision, RecentInputs, Router, make_predictor
+from binbaton.service.config import ClassifierConfig, ConfigError
+from binbaton.service.predictor import PredictionInput
+from binbaton.workers.engine.tiny import save_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+def router(model_dir: Path, predictor: str = "max_tokens", max_model_len: int = 64) -> Router:
+    config = ClassifierConfig(model=str(model_dir), bin_edges=(8, 32), predictor=predictor,
+                              max_tokens_limit=100, max_model_len=max_model_len)
+    return Router.from_config(config)
+
+
+def test_routes_by_max_tokens_and_tokenizes(model_dir: Path) -> None:
+    r = router(model_dir)
+    requests = [Request(id="a", prompt="The quick brown fox", max_tokens=4),
+                Request(id="b", prompt_token_ids=[5, 6, 7], max_tokens=20),
+                Request(id="c", prompt="Hello", max_tokens=100)]
+    a, b, c = r.decide(requests)
+    assert isinstance(a, Decision) and isinstance(b, Decision) and isinstance(c, Decision)
+    assert a.prompt_token_ids == tuple(r.tokenizer("The quick brown fox")["input_ids"])
+    assert b.prompt_token_ids == (5, 6, 7)
+    assert [d.predicted_tokens for d in (a, b, c)] == [4, 20, 100]
+    assert [d.bin for d in (a, b, c)] == [0, 1, 2]
+    assert a.features.prompt == "The quick brown fox" and b.features.prompt is None
+
+
+def test_oracle_uses_length_hint_within_max_tokens(model_dir: Path) -> None:
+    r = router(model_dir, predictor="oracle")
+    out = r.decide([Request(id="x", prompt="hi", max_tokens=90, metadata={"length_hint": "3"}),
+                    Request(id="y", prompt="hi", max_tokens=9, metadata={"length_hint": "50"})])
+    assert [(d.predicted_tokens, d.bin) for d in out] == [(3, 0), (9, 1)]
+
+
+def test_rejects_what_the_model_cannot_serve(model_dir: Path) -> None:
+    r = router(model_dir)
+    vocab = r.limits.vocab_size
+    requests = [Request(id="long", prompt_token_ids=[5] * 64, max_tokens=3),
+                Request(id="big", prompt="hi", max_tokens=101),
+                Request(id="vocab", prompt_token_ids=[5, vocab], max_tokens=3),
+                Request(id="fine", prompt_token_ids=[5] * 63, max_tokens=3)]
+    long, big, oov, fine = r.decide(requests)
+    assert isinstance(long, InvalidMessage) and long.code == "prompt_too_long"
+    assert isinstance(big, InvalidMessage) and big.code == "max_tokens_too_large"
+    assert isinstance(oov, InvalidMessage) and oov.code == "token_out_of_range"
+    assert {long.request_id, big.request_id, oov.request_id} == {"long", "big", "vocab"}
+    assert isinstance(fine, Decision) and fine.bin == 0
+
+
+def test_max_model_len_caps_the_context(model_dir: Path) -> None:
+    r = router(model_dir, max_model_len=10)
+    (out,) = r.decide([Request(id="x", prompt_token_ids=[5] * 10, max_tokens=3)])
+    assert isinstance(out, InvalidMessage) and out.code == "prompt_too_long"
+
+
+def test_unknown_predictor_fails_loudly(model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown predictor"):
+        make_predictor(ClassifierConfig(model="m", bin_edges=(), predictor="psychic"))
+
+
+def test_recent_inputs_is_a_bounded_lru() -> None:
+    recent = RecentInputs(capacity=2)
+    item = PredictionInput(prompt="p", prompt_token_ids=(1,), max_tokens=3)
+    recent.put("a", item)
+    recent.put("b", item)
+    recent.put("a", item)  # refreshes a
+    recent.put("c", item)  # evicts b
+    assert len(recent) == 2
+    assert recent.pop("b") is None and recent.pop("a") is item and recent.pop("a") is None
