@@ -192,8 +192,10 @@ class Worker:
             consumer = AIOKafkaConsumer(**kwargs)
             bin_consumer = BinConsumer(self, bin, consumer)
             consumer.subscribe([self.config.bin_topic(bin)], listener=bin_consumer)
-            await consumer.start()
             self._consumers.append(bin_consumer)
+        # Subscribed before start, so start() returns once the group assigned us: join the
+        # groups side by side (each join waits out the coordinator's rebalance delay).
+        await asyncio.gather(*(c.consumer.start() for c in self._consumers))
         if await self._wait_joined():
             print(ready_line(self.config), flush=True)
             if self.on_ready is not None:
