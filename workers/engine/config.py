@@ -1,0 +1,74 @@
+"""Engine configuration: one frozen, validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+POLICIES: tuple[str, ...] = ("static", "multibin-static", "insert", "multibin-insert")
+KERNEL_BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str  # local Hugging Face directory or hub id
+    device: str = "cpu"
+    dtype: str = "float32"
+    policy: str = "multibin-insert"
+    max_batch: int = 16  # running sequences at most (all bins together)
+    # KV cache budget: give at most one. With neither, the budget is max_batch sequences of
+    # max_model_len tokens each (every admitted request can always run to its limit).
+    kv_budget_tokens: int | None = None
+    kv_budget_bytes: int | None = None
+    block_size: int = 16  # tokens per KV cache block
+    max_model_len: int | None = None  # cap on the model's context (None: the model's own)
+    max_prefill_tokens: int | None = None  # prompt tokens prefilled per step (None: no cap)
+    # Multi-bin policies, indexed by bin (a bin past the end uses the last entry):
+    # running sequences allowed per bin, and output tokens reserved in the KV cache at
+    # admission for a request of that bin (None: reserve from predicted_tokens/max_tokens).
+    bin_max_batch: tuple[int, ...] | None = None
+    bin_reserved_tokens: tuple[int, ...] | None = None
+    kernel_backend: str = "auto"  # passed to binbaton.kernels.ops.select_ops
+    seed: int = 0  # generator for sampled requests that carry no seed
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must name a local directory or a hub id")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not supported; choose one of {DTYPES}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy {self.policy!r} is not one of {POLICIES}")
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise ValueError(
+                f"kernel_backend {self.kernel_backend!r} is not one of {KERNEL_BACKENDS}"
+            )
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.kv_budget_tokens is not None and self.kv_budget_bytes is not None:
+            raise ValueError("give kv_budget_tokens or kv_budget_bytes, not both")
+        for name in ("kv_budget_tokens", "kv_budget_bytes", "max_model_len", "max_prefill_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("bin_max_batch", "bin_reserved_tokens"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if not isinstance(values, tuple) or not values:
+                raise ValueError(f"{name} must be a non-empty tuple, got {values!r}")
+            if any(v < 1 for v in values):
+                raise ValueError(f"{name} entries must be >= 1, got {values}")
+        if self.bin_max_batch is not None and max(self.bin_max_batch) > self.max_batch:
+            raise ValueError(
+                f"bin_max_batch {self.bin_max_batch} exceeds max_batch {self.max_batch}"
+            )
+
+    @property
+    def multibin(self) -> bool:
+        return self.policy.startswith("multibin")
+
+    @property
+    def insertion(self) -> bool:
+        return self.policy.endswith("insert")

@@ -1,0 +1,81 @@
+"""A request's life inside the engine: tokens, cache blocks, timings, finish state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from binbaton.workers.engine.request import (
+    EngineError,
+    FinishReason,
+    GenerationOutput,
+    GenerationRequest,
+)
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: GenerationRequest
+    arrival: int  # admission order tie-break (FIFO)
+    token_ids: list[int]  # prompt + generated
+    reserved_len: int = 0  # tokens of cache reserved at admission (prompt + reserved output)
+    blocks: list[int] = field(default_factory=list)
+    num_cached: int = 0  # tokens whose K/V are in the cache
+    generator: torch.Generator | None = None  # per-request seed
+    finish_reason: FinishReason | None = None
+    text: str | None = None  # final text when a stop string cut it
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.token_ids) - self.prompt_len
+
+    @property
+    def generated(self) -> list[int]:
+        return self.token_ids[self.prompt_len :]
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def append(self, token: int) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.time()
+        self.token_ids.append(token)
+
+    def output(self, text: str) -> GenerationOutput:
+        assert self.finish_reason is not None
+        return GenerationOutput(
+            id=self.id,
+            token_ids=tuple(self.generated),
+            text=text,
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.prompt_len,
+            bin=self.request.bin,
+            admitted_at=self.admitted_at,
+            first_token_at=self.first_token_at,
+            finished_at=time.time(),
+        )
+
+
+def error_output(request: GenerationRequest, code: str, message: str) -> GenerationOutput:
+    return GenerationOutput(
+        id=request.id,
+        token_ids=(),
+        text="",
+        finish_reason="error",
+        prompt_tokens=len(request.prompt_token_ids),
+        error=EngineError(code=code, message=message),
+        bin=request.bin,
+        finished_at=time.time(),
+    )
