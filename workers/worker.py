@@ -95,6 +95,7 @@ class BinConsumer(ConsumerRebalanceListener):
         self.consumer = consumer
         self.tracker = OffsetTracker()
         self.joined = asyncio.Event()
+        self.pauses = 0  # times this consumer paused its partitions because the worker was full
         self._commit_lock = asyncio.Lock()
         self._last_commit = time.monotonic()
 
@@ -105,13 +106,17 @@ class BinConsumer(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         # A rebalance forgets pauses: re-pause when the worker is still full.
-        if self.worker.is_full():
+        if self.worker.is_full() and assigned:
             self.consumer.pause(*assigned)
+            self.pauses += 1
         self.joined.set()
         log.info("bin %d: assigned %s", self.bin, sorted(assigned))
 
     def pause_all(self) -> None:
-        self.consumer.pause(*self.consumer.assignment())
+        unpaused = self.consumer.assignment() - self.consumer.paused()
+        if unpaused:
+            self.consumer.pause(*unpaused)
+            self.pauses += 1
 
     def resume_all(self) -> None:
         paused = self.consumer.paused()

@@ -1,0 +1,228 @@
+"""The worker's flow control and commit rules, with a stand-in consumer and engine (a unit seam;
+tests/integration/test_worker.py runs the same paths through the real broker and engine)."""
+
+import asyncio
+
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError
+from binbaton.schemas.codec import encode
+from binbaton.schemas.messages import BinnedRequest, Request
+from binbaton.workers.config import WorkerConfig
+from binbaton.workers.engine.request import GenerationOutput
+from binbaton.workers.worker import BinConsumer, Worker
+
+TP0 = TopicPartition("p.bin.0", 0)
+TP1 = TopicPartition("p.bin.0", 1)
+
+
+class FakeConsumer:
+    def __init__(self, assigned: set[TopicPartition]) -> None:
+        self.assigned = set(assigned)
+        self.paused_tps: set[TopicPartition] = set()
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.fail_commit = False
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_tps)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused_tps.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused_tps.difference_update(tps)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.fail_commit:
+            raise CommitFailedError("rebalanced")
+        self.commits.append(dict(offsets))
+
+
+class ManualEngine:
+    """Finishes a request only when the test says so."""
+
+    def __init__(self) -> None:
+        self.futures: dict[str, asyncio.Future[GenerationOutput]] = {}
+        self.submitted: list[str] = []
+
+    async def start(self) -> None: ...
+
+    async def stop(self, timeout: float | None = None) -> None: ...
+
+    def submit(self, request):
+        self.submitted.append(request.id)
+        future = asyncio.get_running_loop().create_future()
+        self.futures[request.id] = future
+        return future
+
+    def finish(self, request_id: str) -> None:
+        self.futures[request_id].set_result(GenerationOutput(
+            id=request_id, token_ids=(4, 5), text="ab", finish_reason="length", prompt_tokens=1,
+            finished_at=1.0,
+        ))
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None, list | None]] = []
+
+    async def send_and_wait(self, topic, value=None, key=None, headers=None):
+        self.sent.append((topic, value, key, headers))
+
+
+def record(
+    tp: TopicPartition, offset: int, request_id: str, value: bytes | None = None
+) -> ConsumerRecord:
+    if value is None:
+        value = encode(BinnedRequest(
+            request=Request(id=request_id, prompt_token_ids=[1], max_tokens=2),
+            prompt_token_ids=[1], predicted_tokens=2, bin=0, received=1, classified=2,
+        ))
+    return ConsumerRecord(
+        topic=tp.topic, partition=tp.partition, offset=offset, timestamp=0, timestamp_type=0,
+        key=request_id.encode(), value=value, checksum=None, serialized_key_size=0,
+        serialized_value_size=len(value), headers=(("traceparent", b"00-t"),),
+    )
+
+
+def make_worker(max_in_flight: int, assigned=(TP0, TP1)):
+    engine = ManualEngine()
+    worker = Worker(WorkerConfig(bins=(0,), topic_prefix="p", max_in_flight=max_in_flight),
+                    kafka=None, engine=engine)
+    consumer = FakeConsumer(set(assigned))
+    bin_consumer = BinConsumer(worker, 0, consumer)
+    worker._producer = FakeProducer()
+    worker._consumers.append(bin_consumer)
+    return worker, bin_consumer, consumer, engine
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_take_stops_at_the_bound_and_seeks_back():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=2)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a"), record(TP0, 1, "b"),
+                                      record(TP0, 2, "c")],
+                                TP1: [record(TP1, 7, "d")]})
+    await settle()
+    assert worker.in_flight == 2
+    assert engine.submitted == ["a", "b"]
+    assert consumer.seeks == [(TP0, 2), (TP1, 7)]  # handed back, fetched again later
+    assert worker.is_full()
+
+
+async def test_records_of_revoked_partitions_are_not_taken():
+    worker, bin_consumer, _, engine = make_worker(max_in_flight=4, assigned=(TP1,))
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a")]})
+    await settle()
+    assert worker.in_flight == 0
+    assert engine.submitted == []
+
+
+async def test_out_of_order_completion_commits_up_to_lowest_unacknowledged():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a"), record(TP0, 1, "b"),
+                                      record(TP0, 2, "c")]})
+    await settle()
+    engine.finish("b")
+    engine.finish("c")
+    await settle()
+    assert worker.in_flight == 1
+    await bin_consumer.commit()
+    assert consumer.commits == [{TP0: 0}]  # "a" still in flight
+    engine.finish("a")
+    await settle()
+    await bin_consumer.commit()
+    assert consumer.commits[-1] == {TP0: 3}
+    results = [sent for sent in worker._producer.sent if sent[0] == "p.results"]
+    assert [key for _, _, key, _ in results] == [b"b", b"c", b"a"]
+    assert all(headers == [("traceparent", b"00-t")] for _, _, _, headers in results)
+
+
+async def test_assignment_while_full_is_paused_again():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=1)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a")]})
+    await settle()
+    await bin_consumer.on_partitions_assigned({TP0, TP1})
+    assert consumer.paused() == {TP0, TP1}
+    assert bin_consumer.pauses == 1
+    assert bin_consumer.joined.is_set()
+    engine.finish("a")
+    await settle()
+    await bin_consumer.on_partitions_assigned({TP0})
+    assert bin_consumer.pauses == 1  # not full any more: left running
+
+
+async def test_pause_all_and_resume_all():
+    _, bin_consumer, consumer, _ = make_worker(max_in_flight=1)
+    bin_consumer.pause_all()
+    bin_consumer.pause_all()
+    assert consumer.paused() == {TP0, TP1}
+    assert bin_consumer.pauses == 1
+    bin_consumer.resume_all()
+    assert consumer.paused() == set()
+
+
+async def test_revoke_commits_acknowledged_then_forgets_partitions():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a"), record(TP0, 1, "b")],
+                                TP1: [record(TP1, 0, "c")]})
+    await settle()
+    engine.finish("a")
+    await settle()
+    await bin_consumer.on_partitions_revoked({TP0})
+    assert consumer.commits == [{TP0: 1}]
+    assert bin_consumer.tracker.partitions == {TP1}
+    engine.finish("b")  # finishes after the revoke: published, never committed by us
+    await settle()
+    await bin_consumer.commit()
+    assert consumer.commits[-1] == {TP1: 0}
+    assert worker.in_flight == 1
+
+
+async def test_failed_commit_is_retried_next_time():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a")]})
+    await settle()
+    engine.finish("a")
+    await settle()
+    consumer.fail_commit = True
+    await bin_consumer.commit()
+    assert consumer.commits == []
+    consumer.fail_commit = False
+    await bin_consumer.commit()
+    assert consumer.commits == [{TP0: 1}]
+
+
+async def test_redelivered_id_in_flight_shares_the_engine_request():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a"), record(TP0, 1, "a")]})
+    await settle()
+    assert engine.submitted == ["a"]
+    engine.finish("a")
+    await settle()
+    assert worker.in_flight == 0
+    await bin_consumer.commit()
+    assert consumer.commits == [{TP0: 2}]
+
+
+async def test_bad_payload_is_dead_lettered_with_error_result_and_committed():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    bad = record(TP0, 0, "x", value=b'{"request": {"id": "x"}, "bin": 0}')
+    garbage = record(TP0, 1, "y", value=b"\xff not json")
+    worker._take(bin_consumer, {TP0: [bad, garbage]})
+    await settle()
+    topics = [(topic, key) for topic, _, key, _ in worker._producer.sent]
+    assert sorted(topics, key=str) == sorted(
+        [("p.dlq", b"x"), ("p.results", b"x"), ("p.dlq", None)], key=str)
+    await bin_consumer.commit()
+    assert consumer.commits == [{TP0: 2}]
+    assert engine.submitted == []
