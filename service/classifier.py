@@ -17,6 +17,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -55,25 +56,31 @@ DEAD_LETTER_RAW_LIMIT = 64 * 1024  # bytes of an oversized message kept in its d
 # Predictors by name.
 
 
-def _learned_predictor(config: ClassifierConfig) -> LengthPredictor:
-    from binbaton.service.learned import create_predictor  # the predictor engineer's module
+def _learned_predictor(config: ClassifierConfig, tokenizer: Any) -> LengthPredictor:
+    from binbaton.service.learned import LearnedPredictor, LengthModel
 
-    return create_predictor(config.predictor_path)
+    if config.predictor_path is None:
+        raise ConfigError("the learned predictor needs --predictor-path (a trained model)")
+    return LearnedPredictor(LengthModel.load(Path(config.predictor_path)),
+                            decode=tokenizer.decode)
 
 
-PREDICTORS: dict[str, Callable[[ClassifierConfig], LengthPredictor]] = {
-    "max_tokens": lambda config: MaxTokensPredictor(),
-    "oracle": lambda config: OraclePredictor(),
+PredictorFactory = Callable[[ClassifierConfig, Any], LengthPredictor]  # (config, tokenizer)
+
+PREDICTORS: dict[str, PredictorFactory] = {
+    "max_tokens": lambda config, tokenizer: MaxTokensPredictor(),
+    "oracle": lambda config, tokenizer: OraclePredictor(),
     "learned": _learned_predictor,
 }
 
 
-def make_predictor(config: ClassifierConfig) -> LengthPredictor:
+def make_predictor(config: ClassifierConfig, tokenizer: Any = None) -> LengthPredictor:
+    """The predictor named by ``config.predictor`` (see PREDICTORS)."""
     factory = PREDICTORS.get(config.predictor)
     if factory is None:
         raise ConfigError(f"unknown predictor {config.predictor!r}; choose one of "
                           f"{', '.join(PREDICTORS)}")
-    return factory(config)
+    return factory(config, tokenizer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -137,7 +144,7 @@ class Router:
         return cls(
             tokenizer=tokenizer,
             limits=load_model_limits(config.model, tokenizer, config.max_model_len),
-            predictor=make_predictor(config),
+            predictor=make_predictor(config, tokenizer),
             binner=FixedBinner(BinBoundaries(config.bin_edges)),
             max_tokens_limit=config.max_tokens_limit,
         )
@@ -316,9 +323,13 @@ class Classifier:
             await self._producer.stop()
             self._producer = None
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Route batches until ``stop`` is set; the batch in hand is finished first."""
+    async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
+        """Route batches until ``stop`` is set; the batch in hand is finished first.
+
+        ``started`` is set once the clients are connected."""
         await self.start()
+        if started is not None:
+            started.set()
         try:
             tasks = [asyncio.create_task(self._route_loop(stop), name="classifier-route")]
             if self._feedback is not None:
@@ -502,12 +513,17 @@ def _trace_headers(record: ConsumerRecord) -> list[tuple[str, bytes]]:
 
 
 async def run_classifier(
-    kafka: KafkaConfig, topics: TopicsConfig, config: ClassifierConfig, stop: asyncio.Event
+    kafka: KafkaConfig,
+    topics: TopicsConfig,
+    config: ClassifierConfig,
+    stop: asyncio.Event,
+    started: asyncio.Event | None = None,
 ) -> ClassifierStats:
-    """Create the topics (idempotent), then classify until ``stop`` is set."""
+    """Create the topics (idempotent), load the tokenizer, classify until ``stop`` is set."""
     from binbaton.service.topics import create_service_topics
 
     await create_service_topics(kafka.bootstrap_servers, topics)
-    classifier = Classifier(kafka, topics, config)
-    await classifier.run(stop)
+    router = await asyncio.to_thread(Router.from_config, config)
+    classifier = Classifier(kafka, topics, config, router)
+    await classifier.run(stop, started)
     return classifier.stats

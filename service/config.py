@@ -154,6 +154,34 @@ FLAGS: dict[str, Flag] = {
 }
 
 
+# Which flags each role reads (the CLI adds these groups to its commands).
+KAFKA_FLAGS = ("bootstrap-servers", "broker-port", "topic-prefix", "log-level")
+TOPIC_FLAGS = ("bins", "bin-edges", "partitions")
+CLASSIFIER_FLAGS = ("model", "predictor", "predictor-path", "max-tokens-limit", "max-model-len",
+                    "batch-size", "max-request-bytes", "observe-cache")
+ENGINE_FLAGS = ("model", "device", "dtype", "policy", "max-batch", "kv-budget-tokens",
+                "block-size", "kernel-backend", "max-model-len")
+WORKER_FLAGS = ("max-in-flight", "worker-id", "drain-timeout")
+
+
+def unique(*groups: Iterable[str]) -> list[str]:
+    """Flag names of several groups, each once, in order."""
+    return list(dict.fromkeys(name for group in groups for name in group))
+
+
+def to_argv(values: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """Resolved values back into command-line flags (for child processes)."""
+    argv: list[str] = []
+    for name in names:
+        value = values.get(FLAGS[name].dest)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value))
+        argv += [FLAGS[name].option, str(value)]
+    return argv
+
+
 def add_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
     """Add the named flags; their values are resolved later by ``resolve``."""
     for name in names:

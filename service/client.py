@@ -1,0 +1,218 @@
+"""A client of the service: produce requests (prompt, JSONL, trace replay), follow results.
+
+Results are read by assigning every partition of the results topic (no consumer group,
+nothing committed), so any number of clients can follow them; each de-duplicates by id
+(delivery is at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+from binbaton.schemas import InvalidMessage, Request, Result, decode_result, encode, recover_id
+from binbaton.service.config import KafkaConfig
+from binbaton.service.topics import existing_partitions
+from binbaton.service.workload import TraceRow, scale_length
+
+# Words for synthetic prompts of a given length (trace replay): common English, so any
+# tokenizer spends about one token per word.
+WORDS = (
+    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "then", "runs",
+    "far", "away", "from", "home", "to", "see", "what", "is", "new", "in", "town", "today",
+    "with", "friends", "who", "like", "tea", "cake", "rain", "sun", "sea", "song",
+)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for the requests topic; ``at_s`` is its send time from the start."""
+
+    value: bytes
+    key: bytes | None
+    at_s: float = 0.0
+
+
+def request_message(request: Request, at_s: float = 0.0) -> Outgoing:
+    return Outgoing(value=encode(request), key=request.id.encode(), at_s=at_s)
+
+
+def raw_message(line: bytes, at_s: float = 0.0) -> Outgoing:
+    """A JSONL line sent as it is (the service validates it); keyed by its id if readable."""
+    request_id = recover_id(line)
+    return Outgoing(value=line, key=request_id.encode() if request_id else None, at_s=at_s)
+
+
+def prompt_request(
+    prompt: str, max_tokens: int = 64, request_id: str | None = None, **fields: object
+) -> Request:
+    return Request(id=request_id or uuid.uuid4().hex, prompt=prompt, max_tokens=max_tokens,
+                   **fields)  # type: ignore[arg-type]
+
+
+def synthetic_prompt(words: int, rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(max(1, words)))
+
+
+def trace_requests(
+    rows: Sequence[TraceRow],
+    length_scale: float = 1.0,
+    context_scale: float | None = None,
+    max_tokens_cap: int | None = None,
+    context_cap: int | None = None,
+    time_scale: float = 1.0,
+    ignore_eos: bool = True,
+    id_prefix: str = "trace",
+    seed: int = 0,
+) -> list[Outgoing]:
+    """The trace as requests: arrivals divided by ``time_scale`` (2 = twice as fast),
+    output lengths (max_tokens and ``metadata.length_hint``) and prompt lengths scaled
+    down for this machine. ``ignore_eos`` makes each answer exactly its trace length."""
+    if time_scale <= 0 or length_scale <= 0:
+        raise ValueError("time_scale and length_scale must be > 0")
+    context_scale = length_scale if context_scale is None else context_scale
+    rng = random.Random(seed)
+    messages: list[Outgoing] = []
+    for index, row in enumerate(rows):
+        max_tokens = scale_length(row.generated_tokens, length_scale)
+        if max_tokens_cap is not None:
+            max_tokens = min(max_tokens, max_tokens_cap)
+        words = scale_length(row.context_tokens, context_scale)
+        if context_cap is not None:
+            words = min(words, context_cap)
+        request = Request(
+            id=f"{id_prefix}-{index:05d}",
+            prompt=synthetic_prompt(words, rng),
+            max_tokens=max_tokens,
+            ignore_eos=ignore_eos,
+            metadata={"length_hint": str(max_tokens), "trace_row": str(index)},
+        )
+        messages.append(request_message(request, at_s=row.arrival_s / time_scale))
+    return messages
+
+
+async def produce(
+    kafka: KafkaConfig,
+    topic: str,
+    messages: Iterable[Outgoing],
+    paced: bool = False,
+    on_sent: object = None,
+) -> int:
+    """Send every message (at its ``at_s`` when ``paced``); waits for all acknowledgements.
+
+    ``on_sent`` (a callable taking the message) is called as each one is handed over.
+    Returns the number sent.
+    """
+    producer = AIOKafkaProducer(**kafka.producer_kwargs("binbaton-client"))
+    await producer.start()
+    try:
+        start = time.monotonic()
+        acks = []
+        for message in messages:
+            if paced:
+                delay = message.at_s - (time.monotonic() - start)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            acks.append(await producer.send(topic, value=message.value, key=message.key))
+            if callable(on_sent):
+                on_sent(message)
+        await asyncio.gather(*acks)
+        return len(acks)
+    finally:
+        await producer.stop()
+
+
+async def wait_for_topic(bootstrap_servers: str, topic: str, timeout: float = 15.0) -> int:
+    """Partition count of ``topic`` once it exists (without auto-creating it)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="binbaton-client")
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = await existing_partitions(admin, [topic])
+            if topic in found:
+                return found[topic]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} does not exist (run `binbaton topics`)")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+class ResultFollower:
+    """Follows the results topic by assigned partitions; yields each id's first result."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str, from_beginning: bool = True) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.from_beginning = from_beginning
+        self.seen: dict[str, Result] = {}
+        self.duplicates = 0
+        self.undecodable = 0
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        kwargs = self.kafka.consumer_kwargs(group_id=None, client_id="binbaton-results")
+        kwargs["auto_offset_reset"] = "earliest" if self.from_beginning else "latest"
+        self._consumer = AIOKafkaConsumer(**kwargs)
+        await self._consumer.start()
+        partitions = await self._partitions()
+        self._consumer.assign(partitions)
+        if self.from_beginning:
+            await self._consumer.seek_to_beginning(*partitions)
+        else:
+            await self._consumer.seek_to_end(*partitions)
+
+    async def _partitions(self) -> list[TopicPartition]:
+        partitions = await wait_for_topic(self.kafka.bootstrap_servers, self.topic)
+        return [TopicPartition(self.topic, p) for p in range(partitions)]
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def __aenter__(self) -> ResultFollower:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def poll(self, timeout_ms: int = 200) -> list[Result]:
+        """New (not yet seen) results from one fetch."""
+        assert self._consumer is not None
+        fresh: list[Result] = []
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms)
+        for record in (r for part in batches.values() for r in part):
+            try:
+                result = decode_result(record.value or b"")
+            except InvalidMessage:
+                self.undecodable += 1
+                continue
+            if result.id in self.seen:
+                self.duplicates += 1
+                continue
+            self.seen[result.id] = result
+            fresh.append(result)
+        return fresh
+
+    async def follow(self) -> AsyncIterator[Result]:
+        while True:
+            for result in await self.poll():
+                yield result
+
+    async def collect(self, ids: Iterable[str], timeout: float) -> dict[str, Result]:
+        """Wait until every id has a result (or the timeout); returns those seen."""
+        wanted = set(ids)
+        deadline = time.monotonic() + timeout
+        while not wanted <= self.seen.keys() and time.monotonic() < deadline:
+            await self.poll()
+        return {i: self.seen[i] for i in wanted if i in self.seen}

@@ -1,0 +1,226 @@
+"""``binbaton up``: the whole service on one machine, started and stopped in order.
+
+Start: embedded broker (unless bootstrap servers are given) → topics → classifier (in
+this process) → worker processes (``binbaton worker --bins …``; one per CUDA device, or
+``--workers N`` on the CPU; bins split round-robin). Once every topic exists and every
+worker printed its ready line, print exactly one line ``ready bootstrap=HOST:PORT``.
+A worker that dies is restarted. Stop (SIGINT/SIGTERM): workers drain (SIGTERM), the
+classifier finishes its batch, then the broker stops. Mirror order of the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from binbaton.service.broker import EmbeddedBroker
+from binbaton.service.classifier import run_classifier
+from binbaton.service.config import (
+    ENGINE_FLAGS,
+    WORKER_FLAGS,
+    ConfigError,
+    classifier_config,
+    kafka_config,
+    resolve_device,
+    to_argv,
+    topics_config,
+    unique,
+)
+from binbaton.service.topics import create_service_topics
+
+log = logging.getLogger("binbaton.up")
+
+WORKER_READY_PREFIX = "worker ready"
+WORKER_START_TIMEOUT_S = 900.0  # loading a large model on a cold GPU takes a while
+RESTART_DELAY_S = 1.0
+
+
+def split_bins(num_bins: int, num_workers: int) -> list[tuple[int, ...]]:
+    """Bins per worker, round-robin; with more workers than bins, bins are shared."""
+    if num_workers <= num_bins:
+        return [tuple(range(w, num_bins, num_workers)) for w in range(num_workers)]
+    return [(w % num_bins,) for w in range(num_workers)]
+
+
+def worker_devices(device: str, workers: int | None) -> list[str]:
+    """One device string per worker: every CUDA device, or ``workers`` CPU workers."""
+    device = resolve_device(device)
+    if device == "cuda":
+        import torch
+
+        count = torch.cuda.device_count()
+        return [f"cuda:{i % count}" for i in range(workers or count)]
+    return [device] * (workers or 1)
+
+
+@dataclass
+class WorkerProcess:
+    """One ``binbaton worker`` child and what it needs to be restarted."""
+
+    argv: list[str]
+    env: dict[str, str]
+    name: str
+    process: asyncio.subprocess.Process | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    restarts: int = 0
+    _pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.ready.clear()
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches `up` only; `up` stops us
+        )
+        self._pump = asyncio.create_task(self._read_stdout(), name=f"{self.name}-stdout")
+
+    async def _read_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        async for line in self.process.stdout:
+            text = line.decode(errors="replace").rstrip()
+            if text.startswith(WORKER_READY_PREFIX):
+                self.ready.set()
+            print(f"[{self.name}] {text}", file=sys.stderr, flush=True)
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM (the worker drains), SIGKILL after ``timeout``."""
+        process = self.process
+        if process is None:
+            return
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                log.warning("%s did not stop within %.0fs: killing it", self.name, timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        if self._pump is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._pump, 5)
+
+
+def worker_argv(values: Mapping[str, Any], bootstrap: str, bins: Sequence[int], device: str,
+                index: int) -> list[str]:
+    passed = dict(values)
+    passed["device"] = device
+    if values.get("worker_id"):
+        passed["worker_id"] = f"{values['worker_id']}-{index}"
+    names = unique(("topic-prefix", "partitions", "log-level"), ENGINE_FLAGS, WORKER_FLAGS)
+    return [sys.executable, "-m", "binbaton.service.cli", "worker",
+            "--bootstrap-servers", bootstrap, "--bins", ",".join(map(str, bins)),
+            *to_argv(passed, names)]
+
+
+def worker_env(num_workers: int, device: str) -> dict[str, str]:
+    env = dict(os.environ)
+    if device == "cpu" and "OMP_NUM_THREADS" not in env:
+        # Workers share the cores instead of each spawning one thread per core.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // num_workers))
+    return env
+
+
+async def up(values: Mapping[str, Any], stop: asyncio.Event, out: TextIO = sys.stdout) -> int:
+    """Run the service until ``stop`` is set. Returns the exit code."""
+    if not values.get("model"):
+        raise ConfigError("binbaton up needs --model (or $BINBATON_MODEL)")
+    topics = topics_config(values)
+    classifier = classifier_config(values)
+    devices = worker_devices(values.get("device") or "auto", values.get("workers"))
+    broker: EmbeddedBroker | None = None
+    bootstrap = values.get("bootstrap_servers")
+    if not bootstrap:
+        broker = EmbeddedBroker(port=values.get("broker_port") or 9092)
+        await asyncio.to_thread(broker.start)
+        bootstrap = broker.bootstrap_servers
+    kafka = kafka_config({"bootstrap_servers": bootstrap}, client_id="binbaton-classifier")
+    workers = [
+        WorkerProcess(argv=worker_argv(values, bootstrap, bins, device, index),
+                      env=worker_env(len(devices), device), name=f"worker-{index}")
+        for index, (bins, device) in enumerate(
+            zip(split_bins(topics.num_bins, len(devices)), devices, strict=True))
+    ]
+    classifier_stop = asyncio.Event()
+    classifier_task: asyncio.Task[Any] | None = None
+    try:
+        await create_service_topics(bootstrap, topics)
+        classifier_started = asyncio.Event()
+        classifier_task = asyncio.create_task(
+            run_classifier(kafka, topics, classifier, classifier_stop, classifier_started))
+        for worker in workers:
+            await worker.start()
+        if not await _wait_ready(workers, classifier_task, classifier_started, stop):
+            return 0 if stop.is_set() else 1
+        print(f"ready bootstrap={bootstrap}", file=out, flush=True)
+        return await _supervise(workers, classifier_task, stop)
+    finally:
+        drain = float(values.get("drain_timeout") or 30.0)
+        await asyncio.gather(*(w.stop(timeout=drain + 10) for w in workers))
+        classifier_stop.set()
+        if classifier_task is not None:
+            with contextlib.suppress(Exception):
+                await classifier_task
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+
+
+async def _wait_ready(
+    workers: list[WorkerProcess],
+    classifier: asyncio.Task[Any],
+    classifier_started: asyncio.Event,
+    stop: asyncio.Event,
+) -> bool:
+    """True once the classifier is connected and every worker is ready."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WORKER_START_TIMEOUT_S
+    while not stop.is_set():
+        if classifier.done():
+            classifier.result()  # raises the classifier's error
+            return False
+        for worker in workers:
+            assert worker.process is not None
+            if worker.process.returncode is not None and not worker.ready.is_set():
+                log.error("%s exited with code %s before it was ready", worker.name,
+                          worker.process.returncode)
+                print(f"binbaton up: {worker.name} exited with code "
+                      f"{worker.process.returncode} before it was ready", file=sys.stderr)
+                return False
+        if classifier_started.is_set() and all(w.ready.is_set() for w in workers):
+            return True
+        if loop.time() > deadline:
+            print("binbaton up: workers not ready in time", file=sys.stderr)
+            return False
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _supervise(
+    workers: list[WorkerProcess], classifier: asyncio.Task[Any], stop: asyncio.Event
+) -> int:
+    """Until ``stop``: restart workers that exit; a failed classifier ends the service."""
+    while not stop.is_set():
+        if classifier.done():
+            classifier.result()
+            return 1
+        for worker in workers:
+            assert worker.process is not None
+            if worker.process.returncode is not None and not stop.is_set():
+                worker.restarts += 1
+                log.warning("%s exited with code %s; restarting (%d)", worker.name,
+                            worker.process.returncode, worker.restarts)
+                print(f"binbaton up: {worker.name} exited with code "
+                      f"{worker.process.returncode}; restarting", file=sys.stderr, flush=True)
+                await asyncio.sleep(RESTART_DELAY_S)
+                await worker.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+    return 0
