@@ -19,6 +19,7 @@ so a client, a classifier and workers can share one Python process and stay apar
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -352,6 +353,22 @@ class SendSpan:
             mark_error(self.span, error)
         self.span.end()
 
+    def end_when(self, ack: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """End the span when the producer's acknowledgement future resolves (recording the
+        partition and offset, or the error); returns ``ack`` for the caller to await."""
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():
+                self.end(asyncio.CancelledError("send cancelled"))
+            elif future.exception() is not None:
+                self.end(future.exception())
+            else:
+                self.acknowledged(future.result())
+                self.end()
+
+        ack.add_done_callback(done)
+        return ack
+
 
 def mark_error(span: Span, error: BaseException | str) -> None:
     """Status ERROR plus ``error.type``; an exception is also recorded as an event."""
@@ -477,19 +494,29 @@ class Telemetry:
         ) as span:
             yield span
 
+    def record_span(self, parent: Span, name: str, start_ns: int, end_ns: int, *,
+                    request_id: str | None = None,
+                    attributes: Mapping[str, Any] | None = None,
+                    error: BaseException | str | None = None) -> None:
+        """A finished child of ``parent`` from recorded unix-ns times (a stage measured once
+        for a whole batch, or by the engine): nothing is traced while the work runs."""
+        if not self.enabled:
+            return
+        span_attributes = dict(attributes or {})
+        if request_id is not None:
+            span_attributes[REQUEST_ID] = request_id
+        span = self.tracer.start_span(name, context=trace.set_span_in_context(parent),
+                                      start_time=start_ns, attributes=span_attributes)
+        if error is not None:
+            mark_error(span, error)
+        span.end(end_time=max(start_ns, end_ns))
+
     def record_generation(self, parent: Span, timeline: GenerationTimeline,
                           request_id: str | None = None) -> None:
         """Emit queue wait, prefill, kv insert and decode spans from recorded timestamps."""
-        if not self.enabled:
-            return
-        context = trace.set_span_in_context(parent)
         for name, start_ns, end_ns, extra in timeline.stages():
-            attributes = dict(extra)
-            if request_id is not None:
-                attributes[REQUEST_ID] = request_id
-            span = self.tracer.start_span(name, context=context, start_time=start_ns,
-                                          attributes=attributes)
-            span.end(end_time=max(start_ns, end_ns))
+            self.record_span(parent, name, start_ns, end_ns, request_id=request_id,
+                             attributes=extra)
 
     @staticmethod
     def annotate(span: Span, message: Any = None, model: str | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import pytest
@@ -304,3 +305,44 @@ def test_tracing_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="max_export_batch"):
         TracingConfig(max_export_batch=10, max_queue_size=5)
 
+
+
+def test_batched_stages_become_children_of_each_request() -> None:
+    telemetry, exporter = in_memory(CLASSIFIER_SERVICE)
+    records = [Record("binbaton.requests", 0, i, key=f"r{i}".encode()) for i in range(3)]
+    spans = [telemetry.start_process(r, "g", start_ns=1_000) for r in records]
+    # One tokenizer call and one predictor call for the whole batch, timed once.
+    for record, span in zip(records, spans, strict=True):
+        request_id = record.key.decode()
+        telemetry.record_span(span, tracing.TOKENIZE, 1_100, 1_400, request_id=request_id)
+        telemetry.record_span(span, tracing.PREDICT, 1_400, 1_500, request_id=request_id,
+                              attributes={tracing.PREDICTED_TOKENS: 7})
+        span.end()
+    finished = exporter.get_finished_spans()
+    assert len(finished) == 9
+    for span in spans:
+        children = [s for s in finished if s.parent and s.parent.span_id == span.context.span_id]
+        assert [(c.name, c.start_time, c.end_time) for c in children] == \
+            [("tokenize", 1_100, 1_400), ("predict", 1_400, 1_500)]
+        assert {c.attributes["binbaton.request.id"] for c in children} == \
+            {span.attributes["binbaton.request.id"]}
+
+
+async def test_send_span_ends_when_the_broker_acknowledges() -> None:
+    telemetry, exporter = in_memory(WORKER_SERVICE)
+    loop = asyncio.get_running_loop()
+    ok, failed = loop.create_future(), loop.create_future()
+    sent = telemetry.start_send("binbaton.results", "a").end_when(ok)
+    telemetry.start_send("binbaton.results", "b").end_when(failed)
+    assert exporter.get_finished_spans() == ()  # still in flight
+    ok.set_result(type("Metadata", (), {"partition": 2, "offset": 41})())
+    failed.set_exception(RuntimeError("broker gone"))
+    await asyncio.sleep(0)  # done callbacks run on the loop
+    assert sent is ok
+    spans = {s.attributes["binbaton.request.id"]: s for s in exporter.get_finished_spans()}
+    assert spans["a"].attributes["messaging.destination.partition.id"] == "2"
+    assert spans["a"].attributes["messaging.kafka.offset"] == 41
+    assert spans["a"].status.status_code == StatusCode.UNSET
+    assert spans["b"].status.status_code == StatusCode.ERROR
+    with pytest.raises(RuntimeError):
+        failed.result()
