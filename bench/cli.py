@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from binbaton.bench import model_cli
+from binbaton.bench import engine, model_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,6 +13,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     model_cli.add_arguments(
         sub.add_parser("model", help="simulate the Multi-Bin queueing model over k")
+    )
+    engine.add_arguments(
+        sub.add_parser("engine", help="HF generate, HF continuous batching, binbaton policies")
     )
     return parser
 
@@ -22,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "model":
             return model_cli.main(args)
+        if args.command == "engine":
+            return engine.main(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"binbaton bench {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,73 @@
+"""The model a benchmark runs: a local checkpoint, or a random one built on the spot.
+
+Presets (random weights, real tokenizer, written to a temporary directory):
+- ``tiny``: a small Llama sized for a 2-core CPU run of minutes.
+- ``qwen2.5-0.5b-shape``: Qwen2.5-0.5B's layer shapes (24 layers, hidden 896, 14 heads,
+  2 KV heads) with random weights, for the GPU benchmark. Its vocabulary is the tiny
+  tokenizer's (~1k ids, not 152k), which makes the LM head cheaper than the real model's.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        arch="llama",
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+    ),
+    "qwen2.5-0.5b-shape": dict(
+        arch="qwen2",
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        initializer_range=0.02,
+    ),
+}
+
+
+def prepare_checkpoint(model: str, work_dir: Path | None = None) -> Path:
+    """A directory holding the model: ``model`` itself, or a preset built under work_dir."""
+    if model in PRESETS:
+        from binbaton.workers.engine.tiny import save_tiny_checkpoint
+
+        overrides = dict(PRESETS[model])
+        arch = overrides.pop("arch")
+        base = work_dir or Path(tempfile.mkdtemp(prefix="binbaton-bench-"))
+        return save_tiny_checkpoint(base / model, arch=arch, seed=0, **overrides)
+    path = Path(model)
+    if not (path / "config.json").exists():
+        raise ValueError(
+            f"--model must be a checkpoint directory or one of {sorted(PRESETS)}, got {model!r}"
+        )
+    return path
+
+
+def describe_checkpoint(path: Path, preset: str | None) -> dict[str, Any]:
+    """Name and shape of the model (what DESIGN.md's ``model`` field holds)."""
+    config = json.loads((path / "config.json").read_text())
+    keys = (
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+        "max_position_embeddings",
+    )
+    shape = {k: config[k] for k in keys if k in config}
+    name = preset or path.name
+    return {"name": name, "path": str(path) if preset is None else "", **shape,
+            "weights": "random (seed 0)" if preset else "from checkpoint"}
