@@ -1,0 +1,388 @@
+"""The worker through the real embedded broker and a real tiny checkpoint.
+
+In-process workers for serving and flow control; worker subprocesses
+(``python -m binbaton.workers.worker``) for SIGKILL and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from binbaton.schemas.codec import decode_dead_letter, decode_result, encode
+from binbaton.schemas.messages import BinnedRequest, Request, Result
+from binbaton.service.config import KafkaConfig, TopicsConfig
+from binbaton.workers.config import WorkerConfig
+from binbaton.workers.engine.async_engine import AsyncEngine
+from binbaton.workers.engine.config import EngineConfig
+from binbaton.workers.engine.engine import Engine
+from binbaton.workers.engine.request import GenerationRequest, SamplingParams
+from binbaton.workers.worker import Worker
+
+pytestmark = pytest.mark.broker
+
+# Short group timings: a dead member is noticed within seconds, not Kafka's 10 s+.
+SESSION_TIMEOUT_MS = 4000
+HEARTBEAT_MS = 400
+
+
+def kafka_config(bootstrap: str) -> KafkaConfig:
+    return KafkaConfig(bootstrap_servers=bootstrap, session_timeout_ms=SESSION_TIMEOUT_MS,
+                       heartbeat_interval_ms=HEARTBEAT_MS)
+
+
+def binned(request_id: str, bin: int, prompt_ids: list[int], max_tokens: int,
+           ignore_eos: bool = False) -> BinnedRequest:
+    return BinnedRequest(
+        request=Request(id=request_id, prompt_token_ids=prompt_ids, max_tokens=max_tokens,
+                        ignore_eos=ignore_eos, metadata={"n": request_id}),
+        prompt_token_ids=prompt_ids, predicted_tokens=max_tokens, bin=bin,
+        received=1_700_000_000_000, classified=1_700_000_000_001,
+    )
+
+
+def traceparent(request_id: str) -> bytes:
+    return f"00-{request_id.encode().hex():0>32}-00f067aa0ba902b7-01".encode()
+
+
+async def produce(bootstrap: str, messages: Iterable[tuple[str, str | None, bytes]]) -> None:
+    """(topic, key, value) each with a W3C traceparent header derived from the key."""
+    producer = AIOKafkaProducer(**kafka_config(bootstrap).producer_kwargs("test-producer"))
+    await producer.start()
+    try:
+        for topic, key, value in messages:
+            headers = [("traceparent", traceparent(key))] if key else None
+            await producer.send_and_wait(topic, value, key=key.encode() if key else None,
+                                         headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def produce_binned(bootstrap: str, topics: TopicsConfig,
+                         requests: Iterable[BinnedRequest]) -> None:
+    await produce(bootstrap, [(topics.bin(b.bin), b.request.id, encode(b)) for b in requests])
+
+
+@contextlib.asynccontextmanager
+async def topic_reader(bootstrap: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A group-less consumer of every partition of ``topic`` from the beginning."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+class ResultLog:
+    """Every Result on the results topic (with its headers), read in the background."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.results: list[tuple[Result, dict[str, bytes]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ResultLog:
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _read(self) -> None:
+        async with topic_reader(self.bootstrap, self.topic) as consumer:
+            async for message in consumer:
+                self.results.append((decode_result(message.value), dict(message.headers)))
+
+    def ids(self) -> set[str]:
+        return {result.id for result, _ in self.results}
+
+    def by_id(self) -> dict[str, list[Result]]:
+        found: dict[str, list[Result]] = {}
+        for result, _ in self.results:
+            found.setdefault(result.id, []).append(result)
+        return found
+
+    async def wait_for(self, ids: set[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not ids <= self.ids():
+            assert time.monotonic() < deadline, f"no result for {sorted(ids - self.ids())}"
+            await asyncio.sleep(0.05)
+
+
+async def read_all(bootstrap: str, topic: str, count: int, timeout: float = 10.0) -> list[bytes]:
+    values: list[bytes] = []
+    async with topic_reader(bootstrap, topic) as consumer:
+        deadline = time.monotonic() + timeout
+        while len(values) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            values += [m.value for messages in batch.values() for m in messages]
+    return values
+
+
+async def committed_and_end(bootstrap: str, group: str, topic: str,
+                            partitions: int) -> tuple[dict[int, int | None], dict[int, int]]:
+    """The group's committed offset and the log end offset of every partition."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committed = {tp.partition: await consumer.committed(tp) for tp in tps}
+        ends = await consumer.end_offsets(tps)
+        return committed, {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+def make_engine(model_dir: Path, max_batch: int = 8) -> Engine:
+    return Engine(EngineConfig(model=str(model_dir), device="cpu", dtype="float32",
+                               max_batch=max_batch))
+
+
+@contextlib.asynccontextmanager
+async def running_worker(config: WorkerConfig, bootstrap: str,
+                         model_dir: Path, max_batch: int = 8) -> AsyncIterator[Worker]:
+    ready, stop = asyncio.Event(), asyncio.Event()
+    worker = Worker(config, kafka_config(bootstrap), AsyncEngine(make_engine(model_dir, max_batch)),
+                    on_ready=ready.set)
+    task = asyncio.create_task(worker.run(stop))
+    ready_wait = asyncio.create_task(ready.wait())
+    await asyncio.wait([task, ready_wait], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    ready_wait.cancel()
+    assert ready.is_set(), "worker did not become ready"
+    try:
+        yield worker
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+def prompt_ids(i: int, length: int = 5) -> list[int]:
+    return [3 + (i * 7 + j) % 200 for j in range(length)]
+
+
+async def test_worker_serves_bins_publishes_results_and_commits(
+    broker: str, unique_prefix: str, create_topics, tiny_llama_dir: Path
+):
+    topics = TopicsConfig(prefix=unique_prefix, num_bins=2, bin_partitions=2)
+    await create_topics(topics)
+    requests = [binned(f"r{i}", i % 2, prompt_ids(i, 3 + i % 4), max_tokens=2 + 3 * i)
+                for i in range(8)]
+    too_long = binned("too-long", 1, prompt_ids(99, 600), max_tokens=4)  # context is 512
+    await produce_binned(broker, topics, [*requests, too_long])
+    await produce(broker, [
+        (topics.bin(0), None, b"{not json"),
+        (topics.bin(1), "no-prompt", b'{"request": {"id": "no-prompt"}, "bin": 1}'),
+    ])
+    expected = {r.request.id for r in requests} | {"too-long", "no-prompt"}
+
+    config = WorkerConfig(bins=(0, 1), topic_prefix=unique_prefix, worker_id="w-a",
+                          commit_interval_s=0.2)
+    async with (
+        ResultLog(broker, topics.results) as log,
+        running_worker(config, broker, tiny_llama_dir),
+    ):
+        await log.wait_for(expected, timeout=60)
+        await asyncio.sleep(0.5)  # one commit interval after the last acknowledgement
+
+    by_id = log.by_id()
+    reference = make_engine(tiny_llama_dir).generate([
+        GenerationRequest(id=r.request.id, prompt_token_ids=tuple(r.prompt_token_ids),
+                          sampling=SamplingParams(max_tokens=r.request.max_tokens))
+        for r in requests
+    ])
+    for request, want in zip(requests, reference, strict=True):
+        (result,) = by_id[request.request.id]
+        assert result.status == "ok", result
+        assert result.token_ids == list(want.token_ids)
+        assert result.text == want.text
+        assert result.bin == request.bin
+        assert result.worker == "w-a"
+        assert result.metadata == {"n": request.request.id}
+        assert result.usage.prompt_tokens == len(request.prompt_token_ids)
+        t = result.timings
+        assert (t.received, t.classified) == (1_700_000_000_000, 1_700_000_000_001)
+        assert t.admitted <= t.first_token <= t.finished
+    for result, headers in log.results:  # trace context passes through unchanged
+        assert headers.get("traceparent") == traceparent(result.id)
+    (long_result,) = by_id["too-long"]
+    assert long_result.status == "error"
+    assert long_result.error is not None and long_result.error.code
+    (bad_result,) = by_id["no-prompt"]
+    assert bad_result.status == "error"
+    assert bad_result.error.code == "invalid_request"
+
+    letters = [decode_dead_letter(v) for v in await read_all(broker, topics.dlq, 3)]
+    assert sorted(str(letter.key) for letter in letters) == ["None", "no-prompt", "too-long"]
+    assert all(letter.stage == "worker" for letter in letters)
+
+    for bin in (0, 1):
+        committed, ends = await committed_and_end(
+            broker, config.group_id(bin), topics.bin(bin), topics.bin_partitions)
+        assert committed == ends, f"bin {bin}: committed {committed}, end {ends}"
+
+
+async def test_full_worker_pauses_and_still_serves_everything(
+    broker: str, unique_prefix: str, create_topics, tiny_llama_dir: Path
+):
+    topics = TopicsConfig(prefix=unique_prefix, num_bins=1, bin_partitions=2)
+    await create_topics(topics)
+    requests = [binned(f"q{i}", 0, prompt_ids(i), max_tokens=4 + i % 5) for i in range(12)]
+    await produce_binned(broker, topics, requests)
+
+    config = WorkerConfig(bins=(0,), topic_prefix=unique_prefix, max_in_flight=2,
+                          max_poll_records=8, commit_interval_s=0.2)
+    most_in_flight = 0
+    async with (
+        ResultLog(broker, topics.results) as log,
+        running_worker(config, broker, tiny_llama_dir) as worker,
+    ):
+        async def watch() -> None:
+            nonlocal most_in_flight
+            while True:
+                most_in_flight = max(most_in_flight, worker.in_flight, worker.engine.num_pending)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        await log.wait_for({r.request.id for r in requests}, timeout=60)
+        watcher.cancel()
+        await asyncio.sleep(0.5)
+        pauses = worker._consumers[0].pauses
+
+    assert most_in_flight == 2
+    assert pauses >= 1
+    assert all(len(results) == 1 and results[0].status == "ok"
+               for results in log.by_id().values())
+    committed, ends = await committed_and_end(broker, config.group_id(0), topics.bin(0), 2)
+    assert committed == ends
+
+
+# -- worker processes -------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """``python -m binbaton.workers.worker`` with its stdout read line by line."""
+
+    def __init__(self, bootstrap: str, prefix: str, bins: str, model_dir: Path,
+                 worker_id: str, log_path: Path, *extra: str) -> None:
+        command = [
+            sys.executable, "-m", "binbaton.workers.worker",
+            "--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--bins", bins,
+            "--model", str(model_dir), "--worker-id", worker_id, "--commit-interval", "0.2",
+            "--session-timeout-ms", str(SESSION_TIMEOUT_MS),
+            "--heartbeat-interval-ms", str(HEARTBEAT_MS), "--log-level", "INFO", *extra,
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 (closed in wait())
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log,
+                                        text=True, env=env)
+
+    async def wait_ready(self, timeout: float = 60) -> str:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), timeout)
+        assert line.startswith("worker ready "), (
+            f"worker said {line!r}; log:\n{self.log_path.read_text()}")
+        return line.strip()
+
+    async def wait(self, timeout: float) -> int:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self.process.wait), timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+
+async def test_killed_worker_requests_are_finished_after_restart(
+    broker: str, unique_prefix: str, create_topics, tiny_llama_dir: Path, tmp_path: Path
+):
+    topics = TopicsConfig(prefix=unique_prefix, num_bins=1, bin_partitions=2)
+    await create_topics(topics)
+    # One short request to know the worker is serving; long ones still decoding at the kill.
+    short = binned("short", 0, prompt_ids(0), max_tokens=1)
+    long = [binned(f"long{i}", 0, prompt_ids(i + 1), max_tokens=400, ignore_eos=True)
+            for i in range(6)]
+    ids = {r.request.id for r in [short, *long]}
+
+    async with ResultLog(broker, topics.results) as log:
+        first = WorkerProcess(broker, unique_prefix, "0", tiny_llama_dir, "first",
+                              tmp_path / "first.log")
+        try:
+            assert await first.wait_ready() == "worker ready id=first bins=0"
+            await produce_binned(broker, topics, [short, *long])
+            await log.wait_for({"short"}, timeout=30)
+        finally:
+            first.kill()  # SIGKILL: no drain, no commit, no goodbye to the group
+        unfinished = ids - log.ids()
+        assert unfinished, "every request finished before the kill; the test proves nothing"
+
+        second = WorkerProcess(broker, unique_prefix, "0", tiny_llama_dir, "second",
+                               tmp_path / "second.log")
+        try:
+            await second.wait_ready()
+            await log.wait_for(ids, timeout=60)
+            second.process.send_signal(signal.SIGTERM)
+            assert await second.wait(timeout=30) == 0
+        finally:
+            second.kill()
+
+    by_id = log.by_id()
+    assert set(by_id) == ids  # no id lost
+    for request_id in unfinished:
+        assert any(r.worker == "second" and r.status == "ok" for r in by_id[request_id])
+    for results in by_id.values():  # duplicates are allowed; they agree
+        assert all(r.status == "ok" and r.token_ids == results[0].token_ids for r in results)
+
+
+async def test_sigterm_drains_in_flight_requests_and_exits_zero(
+    broker: str, unique_prefix: str, create_topics, tiny_llama_dir: Path, tmp_path: Path
+):
+    topics = TopicsConfig(prefix=unique_prefix, num_bins=1, bin_partitions=2)
+    await create_topics(topics)
+    short = binned("short", 0, prompt_ids(0), max_tokens=1)
+    long = [binned(f"long{i}", 0, prompt_ids(i + 1), max_tokens=300, ignore_eos=True)
+            for i in range(4)]
+    ids = {r.request.id for r in [short, *long]}
+
+    async with ResultLog(broker, topics.results) as log:
+        worker = WorkerProcess(broker, unique_prefix, "0", tiny_llama_dir, "drainer",
+                               tmp_path / "drainer.log", "--drain-timeout", "40")
+        try:
+            await worker.wait_ready()
+            await produce_binned(broker, topics, [short, *long])
+            await log.wait_for({"short"}, timeout=30)
+            worker.process.send_signal(signal.SIGTERM)
+            in_flight_at_signal = ids - log.ids()
+            started = time.monotonic()
+            assert await worker.wait(timeout=45) == 0
+            drain_s = time.monotonic() - started
+        finally:
+            worker.kill()
+        assert in_flight_at_signal, "nothing was in flight at SIGTERM; the test proves nothing"
+        assert drain_s < 40
+        await log.wait_for(ids, timeout=10)  # published before the process exited
+
+    assert all(len(results) == 1 and results[0].status == "ok"
+               for results in log.by_id().values())
+    committed, ends = await committed_and_end(broker, f"{unique_prefix}.worker.bin-0",
+                                              topics.bin(0), 2)
+    assert committed == ends, "drained requests must be committed"
