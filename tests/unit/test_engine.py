@@ -1,0 +1,200 @@
+"""Engine behaviour through a real tiny checkpoint: insertion, finish reasons, bad requests,
+configuration and loading errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from binbaton.workers.engine.config import EngineConfig
+from binbaton.workers.engine.engine import Engine
+from binbaton.workers.engine.request import GenerationRequest, SamplingParams
+from binbaton.workers.engine.tiny import save_tiny_checkpoint
+from transformers import GenerationConfig
+
+
+def make_request(rid: str, prompt_len: int = 8, start: int = 5, **sampling) -> GenerationRequest:
+    prompt = tuple(range(start, start + prompt_len))
+    return GenerationRequest(id=rid, prompt_token_ids=prompt, sampling=SamplingParams(**sampling))
+
+
+def make_engine(checkpoint: Path, **overrides) -> Engine:
+    settings = dict(model=str(checkpoint), policy="insert", max_batch=4, kv_budget_tokens=2048)
+    return Engine(EngineConfig(**(settings | overrides)))
+
+
+# ---- insertion ----------------------------------------------------------------------
+
+
+def test_insertion_refills_the_batch_the_step_after_a_retirement(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, max_batch=4)
+    lengths = [3, 9, 5, 12, 4, 7, 6, 8, 10, 2]
+    for i, n in enumerate(lengths):
+        engine.add(make_request(f"q{i}", start=5 + i, max_tokens=n, ignore_eos=True))
+    steps = []
+    while engine.has_work():
+        engine.step()
+        steps.append(engine.last_step)
+    refills = 0
+    for before, after in itertools.pairwise(steps):
+        if before.retired and before.waiting:
+            assert after.admitted == min(before.retired, before.waiting)
+            assert after.decode_tokens == 4  # occupancy back to full, newcomers included
+            refills += 1
+    assert refills >= 3
+    assert engine.stats.retired == len(lengths)
+    assert engine.stats.generated_tokens == sum(lengths)
+    assert engine.cache.allocator.num_free == engine.cache.num_blocks  # all blocks back
+
+
+def test_static_policy_never_refills_a_running_batch(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, policy="static", max_batch=4)
+    for i, n in enumerate([3, 9, 5, 12, 4, 7]):
+        engine.add(make_request(f"q{i}", start=5 + i, max_tokens=n, ignore_eos=True))
+    admitted_while_running = 0
+    while engine.has_work():
+        running_before = len(engine.running)
+        engine.step()
+        admitted_while_running += int(running_before > 0 and engine.last_step.admitted > 0)
+    assert admitted_while_running == 0
+    assert engine.stats.retired == 6
+
+
+# ---- finish reasons -----------------------------------------------------------------
+
+
+def greedy_tokens(engine: Engine, n: int) -> list[int]:
+    out = engine.generate([make_request("probe", max_tokens=n, ignore_eos=True)])[0]
+    return list(out.token_ids)
+
+
+def test_finish_reason_eos_from_generation_config(tiny_llama_dir, tmp_path):
+    probe = greedy_tokens(make_engine(tiny_llama_dir), 12)
+    eos = probe[5]
+    index = probe.index(eos)  # its first occurrence ends the sequence
+    checkpoint = Path(shutil.copytree(tiny_llama_dir, tmp_path / "ckpt"))
+    GenerationConfig(eos_token_id=[eos], pad_token_id=0).save_pretrained(checkpoint)
+    engine = make_engine(checkpoint)
+    assert engine.eos_token_ids == frozenset([eos])
+    stop, ignore = engine.generate([
+        make_request("eos", max_tokens=12),
+        make_request("ignore", max_tokens=12, ignore_eos=True),
+    ])
+    assert stop.finish_reason == "stop"
+    assert list(stop.token_ids) == probe[: index + 1]  # EOS is the last token
+    assert ignore.finish_reason == "length"
+    assert list(ignore.token_ids) == probe
+
+
+def test_finish_reason_stop_string_is_cut_from_the_text(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir)
+    full = engine.generate([make_request("full", max_tokens=30, ignore_eos=True)])[0]
+    text = full.text
+    cut = next(k for k in range(4, len(text) - 3) if text.find(text[k : k + 3]) == k)
+    stop = text[cut : cut + 3]
+    out = engine.generate([make_request("stopped", max_tokens=30, stop=(stop,))])[0]
+    assert out.finish_reason == "stop"
+    assert out.text == text[:cut]
+    assert stop not in out.text
+    assert len(out.token_ids) < 30
+    assert list(out.token_ids) == list(full.token_ids[: len(out.token_ids)])
+
+
+def test_finish_reason_length(tiny_llama_dir):
+    out = make_engine(tiny_llama_dir).generate([make_request("n", max_tokens=7, ignore_eos=True)])
+    assert out[0].finish_reason == "length"
+    assert len(out[0].token_ids) == 7
+    assert out[0].prompt_tokens == 8
+    assert out[0].admitted_at <= out[0].first_token_at <= out[0].finished_at
+
+
+# ---- unservable requests ------------------------------------------------------------
+
+
+def test_oversized_and_bad_requests_get_errors_and_the_rest_is_served(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, kv_budget_tokens=256, block_size=16)
+    requests = [
+        make_request("ok1", max_tokens=5),
+        make_request("context", prompt_len=500, max_tokens=100),  # > 512 context
+        make_request("budget", prompt_len=200, max_tokens=100),  # > 256 KV tokens
+        GenerationRequest(id="empty", prompt_token_ids=()),
+        GenerationRequest(id="vocab", prompt_token_ids=(10**6,)),
+        make_request("ok2", max_tokens=5, start=20),
+    ]
+    outs = {o.id: o for o in engine.generate(requests)}
+    assert {rid: o.error.code for rid, o in outs.items() if o.error} == {
+        "context": "too_long",
+        "budget": "kv_budget",
+        "empty": "empty_prompt",
+        "vocab": "bad_token",
+    }
+    assert all(o.finish_reason == "error" for o in outs.values() if o.error)
+    assert outs["ok1"].ok and len(outs["ok1"].token_ids) >= 1
+    assert outs["ok2"].ok and len(outs["ok2"].token_ids) >= 1
+    assert engine.stats.errors == 4
+
+
+# ---- configuration and loading ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("dtype", "int8"),
+        ("policy", "fcfs"),
+        ("kernel_backend", "cuda"),
+        ("max_batch", 0),
+        ("kv_budget_tokens", 0),
+        ("bin_max_batch", (0,)),
+        ("bin_max_batch", (99,)),
+        ("block_size", 0),
+    ],
+)
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        EngineConfig(model="m", **{field: value})
+
+
+def test_config_rejects_two_budgets():
+    with pytest.raises(ValueError, match="not both"):
+        EngineConfig(model="m", kv_budget_tokens=10, kv_budget_bytes=10)
+
+
+def test_capacity_follows_the_budget(tiny_llama_dir):
+    by_tokens = make_engine(tiny_llama_dir, kv_budget_tokens=1000, block_size=16)
+    assert by_tokens.cache.num_blocks == 1000 // 16
+    # llama tiny: 2 layers x 4 kv heads x 16 dims x K,V x 4 bytes = 1024 bytes per token
+    by_bytes = make_engine(tiny_llama_dir, kv_budget_tokens=None, kv_budget_bytes=64 * 1024)
+    assert by_bytes.cache.num_blocks == 64 // 16
+    default = make_engine(tiny_llama_dir, kv_budget_tokens=None, max_batch=3)
+    assert default.cache.capacity_tokens == 3 * default.max_model_len
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 32,
+              "n_layer": 1, "n_head": 2, "vocab_size": 50}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"gpt2.*supported: llama, mistral, qwen2, qwen3"):
+        Engine(EngineConfig(model=str(tmp_path)))
+
+
+def test_sliding_window_smaller_than_context_caps_the_context(tmp_path):
+    checkpoint = save_tiny_checkpoint(tmp_path / "m", arch="mistral", sliding_window=128)
+    engine = make_engine(checkpoint)
+    assert engine.max_model_len == 128
+    out = engine.generate([make_request("long", prompt_len=100, max_tokens=50)])[0]
+    assert out.error is not None and out.error.code == "too_long"
+    with pytest.raises(ValueError, match="sliding window"):
+        make_engine(checkpoint, max_model_len=256)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_dtypes_run(tiny_qwen3_dir, dtype):
+    engine = make_engine(tiny_qwen3_dir, dtype=dtype)
+    assert engine.cache.k[0].dtype == getattr(torch, dtype)
+    outs = engine.generate([make_request(f"h{i}", start=5 + i, max_tokens=6) for i in range(3)])
+    assert all(o.ok and 1 <= len(o.token_ids) <= 6 for o in outs)
