@@ -439,7 +439,9 @@ class Telemetry:
             context = otel_context.Context()
         span = self.tracer.start_span(f"send {topic}", context=context, kind=SpanKind.PRODUCER,
                                       attributes=span_attributes, links=links)
-        return SendSpan(span, inject_headers(span) if self.enabled else [])
+        # Disabled, the no-op span carries its parent's context: the headers pass an
+        # upstream trace on, so a process with tracing off does not cut the others' traces.
+        return SendSpan(span, inject_headers(span))
 
     @contextmanager
     def send_span(self, topic: str, key: bytes | str | None = None, *, message: Any = None,

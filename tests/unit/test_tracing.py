@@ -276,11 +276,16 @@ def test_disabled_tracing_is_inert() -> None:
     telemetry = setup_tracing(WORKER_SERVICE, TracingConfig(enabled=False),
                               bootstrap_servers="127.0.0.1:1")
     assert not telemetry.enabled
-    record = Record("binbaton.bin.0", 0, 0, key=b"r")
+    upstream, _ = in_memory(CLASSIFIER_SERVICE)
+    sent = upstream.start_send("binbaton.bin.0", "r")
+    sent.end()
+    record = Record("binbaton.bin.0", 0, 0, key=b"r", headers=sent.headers)
     with telemetry.process_span(record, "g") as span, telemetry.child_span("validate"):
         send = telemetry.start_send("binbaton.results", "r", parent=span)
         send.end()
-    assert send.headers == []
+    assert not span.is_recording()
+    assert send.headers == sent.headers  # the upstream trace passes through untouched
+    assert telemetry.start_send("binbaton.requests", "r", root=True).headers == []
     telemetry.record_generation(span, GenerationTimeline(received_ns=0, finished_ns=1))
     assert telemetry.force_flush()
     telemetry.shutdown()
