@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-
 from binbaton.kernels import reference
 
 Backend = Literal["auto", "torch", "triton"]
@@ -27,6 +26,8 @@ class KernelOps:
     decode_attention: Callable[..., torch.Tensor]
     prefill_attention: Callable[..., torch.Tensor]
     rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    # store_kv that first rotates query and key in place (rotate_half rope), see reference
+    rope_store_kv: Callable[..., None]
 
 
 TORCH_OPS = KernelOps(
@@ -35,6 +36,7 @@ TORCH_OPS = KernelOps(
     decode_attention=reference.decode_attention,
     prefill_attention=reference.prefill_attention,
     rms_norm=reference.rms_norm,
+    rope_store_kv=reference.rope_store_kv,
 )
 
 
@@ -56,6 +58,7 @@ def triton_ops() -> KernelOps:
         decode_attention=t.decode_attention,
         prefill_attention=t.prefill_attention,
         rms_norm=t.rms_norm,
+        rope_store_kv=t.rope_store_kv,
     )
 
 

@@ -9,6 +9,8 @@ a sequence's token t lives in block ``block_table[t // block_size]`` at offset
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -18,13 +20,48 @@ def store_kv(
     value: torch.Tensor,  # [T, Hkv, D]
     k_cache: torch.Tensor,  # [N, bs, Hkv, D]
     v_cache: torch.Tensor,  # [N, bs, Hkv, D]
-    slot_mapping: torch.Tensor,  # [T] int64, slot of each token
+    slot_mapping: torch.Tensor,  # [T] int64, slot of each token (< 0: padding, skipped)
 ) -> None:
     """Write each token's K/V into its cache slot (prefill insertion and decode append)."""
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     slots = slot_mapping.long()
+    keep = slots >= 0
+    if not bool(keep.all()):
+        slots, key, value = slots[keep], key[keep], value[keep]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, key.to(k_cache.dtype))
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, value.to(v_cache.dtype))
+
+
+def apply_rope(
+    x: torch.Tensor,  # [T, H, D]
+    positions: torch.Tensor,  # [T]
+    cos: torch.Tensor,  # [max_pos, D], Hugging Face layout (both halves)
+    sin: torch.Tensor,  # [max_pos, D]
+) -> torch.Tensor:  # [T, H, D] in x's dtype
+    """Rotary embedding, "rotate_half" form: x * cos + rotate_half(x) * sin, in float32."""
+    c = cos[positions.long()].float()[:, None, :]  # [T, 1, D]
+    s = sin[positions.long()].float()[:, None, :]
+    x32 = x.float()
+    x1, x2 = x32.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x32 * c + rotated * s).to(x.dtype)
+
+
+def rope_store_kv(
+    query: torch.Tensor,  # [T, Hq, D], rotated in place
+    key: torch.Tensor,  # [T, Hkv, D], rotated in place
+    value: torch.Tensor,  # [T, Hkv, D]
+    k_cache: torch.Tensor,  # [N, bs, Hkv, D]
+    v_cache: torch.Tensor,  # [N, bs, Hkv, D]
+    slot_mapping: torch.Tensor,  # [T], slot of each token (< 0: rotate but do not store)
+    positions: torch.Tensor,  # [T], each token's position in its sequence
+    cos: torch.Tensor,  # [max_pos, D]
+    sin: torch.Tensor,  # [max_pos, D]
+) -> None:
+    """Rotate query and key in place, then store the rotated key and the value."""
+    query.copy_(apply_rope(query, positions, cos, sin))
+    key.copy_(apply_rope(key, positions, cos, sin))
+    store_kv(key, value, k_cache, v_cache, slot_mapping)
 
 
 def decode_attention(
@@ -50,6 +87,7 @@ def decode_attention(
     valid = torch.arange(max_len, device=query.device)[None, :] < seq_lens[:, None].long()
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
+    values = values.masked_fill(~valid[:, :, None, None], 0.0)  # slots past the end: any bits
     out = torch.einsum("bhgl,blhd->bhgd", probs, values)
     return out.reshape(batch, num_q_heads, head_dim).to(query.dtype)
 
@@ -66,7 +104,7 @@ def prefill_attention(
     group = num_q_heads // num_kv_heads
     out = torch.empty_like(query)
     bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, end in itertools.pairwise(bounds):
         q = query[start:end].transpose(0, 1).float()  # [Hq, L, D]
         k = key[start:end].transpose(0, 1).float().repeat_interleave(group, dim=0)
         v = value[start:end].transpose(0, 1).float().repeat_interleave(group, dim=0)

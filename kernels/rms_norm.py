@@ -1,0 +1,82 @@
+"""Fused RMSNorm with optional residual add, one program per row.
+
+Semantics of ``reference.rms_norm``: ``hidden = x + residual`` rounded to x's dtype (this
+is the new residual), normalised in float32, cast back to x's dtype, then multiplied by
+the weight (result in the promoted dtype of weight and x, as torch does).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from binbaton.kernels import launch
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr,
+    stride_x, stride_r, stride_o, stride_ro,
+    hidden_size, eps,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < hidden_size
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(residual_ptr + row * stride_r + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)  # x + residual
+        tl.store(residual_out_ptr + row * stride_ro + cols, x, mask=mask)
+    h = x.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(h * h, 0) / hidden_size + eps)
+    normed = (h * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, w * normed, mask=mask)
+
+
+def rms_norm(
+    x: torch.Tensor,  # [..., H]
+    weight: torch.Tensor,  # [H]
+    eps: float,
+    residual: torch.Tensor | None = None,  # [..., H]
+    out: torch.Tensor | None = None,  # [..., H] for normed (else allocated)
+    residual_out: torch.Tensor | None = None,  # [..., H] for x + residual (else allocated)
+) -> tuple[torch.Tensor, torch.Tensor]:  # (normed, new_residual)
+    tensors = (x, weight) if residual is None else (x, weight, residual)
+    launch.check_device(_rms_norm_kernel, *tensors)
+    hidden_size = x.shape[-1]
+    launch.check_shape("weight", weight, (hidden_size,))
+    launch.check_float("x", x)
+    launch.check_float("weight", weight)
+    if residual is not None:
+        launch.check_shape("residual", residual, tuple(x.shape))
+        if residual.dtype != x.dtype:
+            raise TypeError(f"residual {residual.dtype} must match x {x.dtype}")
+    x2 = x.reshape(-1, hidden_size)  # [R, H]; a view where x allows it
+    r2 = x2 if residual is None else residual.reshape(-1, hidden_size)
+    weight = weight.contiguous()
+    for name, t in (("x", x2), ("residual", r2)):
+        launch.check_last_contiguous(name, t)
+    out_dtype = torch.promote_types(weight.dtype, x.dtype)
+    if out is None:
+        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    launch.check_output("out", out, x, out_dtype)
+    if residual is not None:
+        if residual_out is None:
+            residual_out = torch.empty_like(x)
+        launch.check_output("residual_out", residual_out, x)
+    for name, t in (("out", out), ("residual_out", residual_out)):
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
+    out2 = out.view(-1, hidden_size)  # [R, H]
+    new_residual = x2 if residual_out is None else residual_out.view(-1, hidden_size)
+    if x2.shape[0] > 0:
+        _rms_norm_kernel[(x2.shape[0],)](
+            x2, r2, weight, out2, new_residual,
+            x2.stride(0), r2.stride(0), out2.stride(0), new_residual.stride(0),
+            hidden_size, eps,
+            HAS_RESIDUAL=residual is not None, BLOCK=launch.pad(hidden_size),
+            num_warps=min(16, max(1, launch.pad(hidden_size) // 256)),
+        )
+    return out, (x if residual_out is None else residual_out)
