@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -310,6 +311,24 @@ def test_tracing_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="max_export_batch"):
         TracingConfig(max_export_batch=10, max_queue_size=5)
 
+
+
+def test_stage_timer_spans_cover_the_measured_work() -> None:
+    telemetry, exporter = in_memory(CLASSIFIER_SERVICE)
+    timer = tracing.StageTimer()
+    with timer.measure(tracing.TOKENIZE):
+        time.sleep(0.01)
+    with pytest.raises(KeyError), timer.measure(tracing.PREDICT):
+        raise KeyError("predictor failed")  # a failed stage is still timed
+    parents = [telemetry.start_process(Record("t", 0, i, key=f"r{i}".encode()), "g")
+               for i in range(2)]
+    for i, parent in enumerate(parents):
+        telemetry.record_stages(parent, timer, request_id=f"r{i}")
+        parent.end()
+    tokenize = [s for s in exporter.get_finished_spans() if s.name == "tokenize"]
+    assert len(tokenize) == 2
+    assert all(s.end_time - s.start_time >= 10_000_000 for s in tokenize)
+    assert [s.name for s in exporter.get_finished_spans()].count("predict") == 2
 
 
 def test_batched_stages_become_children_of_each_request() -> None:
