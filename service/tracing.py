@@ -543,12 +543,11 @@ class Telemetry:
             self.record_span(parent, name, start_ns, end_ns, request_id=request_id,
                              attributes=extra)
 
-    @staticmethod
-    def annotate(span: Span, message: Any = None, model: str | None = None,
+    def annotate(self, span: Span, message: Any = None,
                  attributes: Mapping[str, Any] | None = None) -> None:
         """Add a decoded message's attributes (and any others) to a span after it started."""
         if message is not None:
-            span.set_attributes(message_attributes(message, model))
+            span.set_attributes(message_attributes(message, self.model))
         if attributes:
             span.set_attributes(dict(attributes))
 

@@ -161,7 +161,7 @@ def test_one_trace_across_client_classifier_and_worker() -> None:
             predict.set_attribute(tracing.PREDICTED_TOKENS, 20)
         with classifier.child_span(tracing.ROUTE, request_id=req.id):
             pass
-        Telemetry.annotate(process, req, model="tiny-llama")
+        classifier.annotate(process, req)
         with classifier.send_span("binbaton.bin.1", req.id, message=binned(req)) as to_bin:
             to_bin.acknowledged(type("Metadata", (), {"partition": 1, "offset": 3})())
     on_bin = Record("binbaton.bin.1", 1, 3, key=b"req-1", headers=to_bin.headers)
