@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from binbaton.bench import engine, model_cli
+from binbaton.bench import engine, model_cli, pipeline
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_arguments(
         sub.add_parser("engine", help="HF generate, HF continuous batching, binbaton policies")
     )
+    pipeline.add_arguments(
+        sub.add_parser("pipeline", help="the workload through Kafka vs the engine alone")
+    )
     return parser
 
 
@@ -27,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
             return model_cli.main(args)
         if args.command == "engine":
             return engine.main(args)
+        if args.command == "pipeline":
+            return pipeline.main(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"binbaton bench {args.command}: error: {exc}", file=sys.stderr)
         return 2
