@@ -201,6 +201,14 @@ class Router:
                 f"{self.limits.max_model_len} tokens (at least one must be left to generate)",
                 request.id,
             )
+        if len(ids) + request.max_tokens > self.limits.max_model_len:
+            return InvalidMessage(
+                "too_long",
+                f"prompt ({len(ids)}) + max_tokens ({request.max_tokens}) = "
+                f"{len(ids) + request.max_tokens} exceeds the model context "
+                f"{self.limits.max_model_len}",
+                request.id,
+            )
         if request.prompt_token_ids is not None:
             bad = [t for t in ids if t >= self.limits.vocab_size]
             if bad:

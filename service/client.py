@@ -153,7 +153,8 @@ class ResultFollower:
         self.kafka = kafka
         self.topic = topic
         self.from_beginning = from_beginning
-        self.seen: dict[str, Result] = {}
+        self.seen: dict[str, Result] = {}  # id -> its first result
+        self.received: list[Result] = []  # every result read, duplicates included
         self.duplicates = 0
         self.undecodable = 0
         self._consumer: AIOKafkaConsumer | None = None
@@ -197,6 +198,7 @@ class ResultFollower:
             except InvalidMessage:
                 self.undecodable += 1
                 continue
+            self.received.append(result)
             if result.id in self.seen:
                 self.duplicates += 1
                 continue

@@ -24,7 +24,7 @@ def router(model_dir: Path, predictor: str = "max_tokens", max_model_len: int = 
 
 
 def test_routes_by_max_tokens_and_tokenizes(model_dir: Path) -> None:
-    r = router(model_dir)
+    r = router(model_dir, max_model_len=512)
     requests = [Request(id="a", prompt="The quick brown fox", max_tokens=4),
                 Request(id="b", prompt_token_ids=[5, 6, 7], max_tokens=20),
                 Request(id="c", prompt="Hello", max_tokens=100)]
@@ -38,7 +38,7 @@ def test_routes_by_max_tokens_and_tokenizes(model_dir: Path) -> None:
 
 
 def test_oracle_uses_length_hint_within_max_tokens(model_dir: Path) -> None:
-    r = router(model_dir, predictor="oracle")
+    r = router(model_dir, predictor="oracle", max_model_len=512)
     out = r.decide([Request(id="x", prompt="hi", max_tokens=90, metadata={"length_hint": "3"}),
                     Request(id="y", prompt="hi", max_tokens=9, metadata={"length_hint": "50"})])
     assert [(d.predicted_tokens, d.bin) for d in out] == [(3, 0), (9, 1)]
@@ -50,8 +50,10 @@ def test_rejects_what_the_model_cannot_serve(model_dir: Path) -> None:
     requests = [Request(id="long", prompt_token_ids=[5] * 64, max_tokens=3),
                 Request(id="big", prompt="hi", max_tokens=101),
                 Request(id="vocab", prompt_token_ids=[5, vocab], max_tokens=3),
-                Request(id="fine", prompt_token_ids=[5] * 63, max_tokens=3)]
-    long, big, oov, fine = r.decide(requests)
+                Request(id="over", prompt_token_ids=[5] * 60, max_tokens=5),
+                Request(id="fine", prompt_token_ids=[5] * 60, max_tokens=4)]
+    long, big, oov, over, fine = r.decide(requests)
+    assert isinstance(over, InvalidMessage) and over.code == "too_long"
     assert isinstance(long, InvalidMessage) and long.code == "prompt_too_long"
     assert isinstance(big, InvalidMessage) and big.code == "max_tokens_too_large"
     assert isinstance(oov, InvalidMessage) and oov.code == "token_out_of_range"

@@ -1,0 +1,276 @@
+"""The pipeline end to end through the real embedded broker: client → classifier → bins →
+workers → results, with the real engine on a tiny checkpoint (in-process services)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from binbaton.schemas import DeadLetter, Request, decode_dead_letter, encode
+from binbaton.service.classifier import Classifier, Decision, Router
+from binbaton.service.client import ResultFollower
+from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
+from binbaton.service.supervisor import split_bins
+from binbaton.service.topics import create_service_topics
+from binbaton.workers.config import WorkerConfig
+from binbaton.workers.engine.async_engine import AsyncEngine
+from binbaton.workers.engine.config import EngineConfig
+from binbaton.workers.engine.engine import Engine
+from binbaton.workers.engine.request import GenerationRequest, SamplingParams
+from binbaton.workers.worker import serve
+
+pytestmark = pytest.mark.broker
+
+BIN_EDGES = (8, 16)  # k = 3 bins by predicted tokens (the max_tokens predictor)
+MAX_TOKENS_LIMIT = 48
+MAX_REQUEST_BYTES = 4096
+TRACEPARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def kafka_config(bootstrap: str) -> KafkaConfig:
+    # Short group timings: joins and rebalances settle in a second, not Kafka's 10 s+.
+    return KafkaConfig(bootstrap_servers=bootstrap, session_timeout_ms=4000,
+                       heartbeat_interval_ms=400)
+
+
+@dataclass
+class Pipeline:
+    kafka: KafkaConfig
+    topics: TopicsConfig
+    classifier: Classifier
+    tasks: list[asyncio.Task[object]]
+    worker_bins: list[tuple[int, ...]]
+
+    def alive(self) -> bool:
+        return all(not task.done() for task in self.tasks)
+
+
+@contextlib.asynccontextmanager
+async def pipeline(bootstrap: str, prefix: str, model: Path, workers: int = 2
+                   ) -> AsyncIterator[Pipeline]:
+    """Topics, a classifier and ``workers`` workers (bins split as `binbaton up` does)."""
+    kafka = kafka_config(bootstrap)
+    topics = TopicsConfig(prefix=prefix, num_bins=len(BIN_EDGES) + 1)
+    await create_service_topics(bootstrap, topics)
+    config = ClassifierConfig(model=str(model), bin_edges=BIN_EDGES,
+                              max_tokens_limit=MAX_TOKENS_LIMIT,
+                              max_request_bytes=MAX_REQUEST_BYTES, batch_size=32)
+    classifier = Classifier(kafka, topics, config)
+    stop = asyncio.Event()
+    started = asyncio.Event()
+    tasks: list[asyncio.Task[object]] = [asyncio.create_task(classifier.run(stop, started))]
+    worker_bins = split_bins(topics.num_bins, workers)
+    for index, bins in enumerate(worker_bins):
+        engine = AsyncEngine(Engine(EngineConfig(model=str(model), max_batch=16,
+                                                 kernel_backend="torch")))
+        worker = WorkerConfig(bins=bins, topic_prefix=prefix, worker_id=f"w{index}",
+                              commit_interval_s=0.2)
+        tasks.append(asyncio.create_task(serve(worker, engine, kafka, stop)))
+    await asyncio.wait_for(started.wait(), 30)
+    try:
+        yield Pipeline(kafka, topics, classifier, tasks, worker_bins)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+
+
+async def send(kafka: KafkaConfig, topic: str, messages: list[tuple[bytes | None, bytes]],
+               headers: list[tuple[str, bytes]] | None = None) -> None:
+    """A plain aiokafka producer: (key, value) pairs."""
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers,
+                                enable_idempotence=False, max_request_size=1 << 20)
+    await producer.start()
+    try:
+        acks = [await producer.send(topic, value=value, key=key, headers=headers)
+                for key, value in messages]
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+
+
+async def read_all(kafka: KafkaConfig, topic: str, partitions: int, expected: int,
+                   timeout: float) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
+    """Messages of ``topic`` (assigned partitions) until ``expected`` or the timeout."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        out: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(out) < expected and loop.time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                out.extend((r.key, r.value, list(r.headers)) for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def mixed_requests(count: int, seed: int = 0) -> list[Request]:
+    """Text and token-id prompts of 1-60 tokens, max_tokens 1-24, some ignoring EOS."""
+    rng = random.Random(seed)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "kafka", "bins",
+             "batch", "insert"]
+    requests = []
+    for i in range(count):
+        max_tokens = rng.choice([rng.randint(1, 8), rng.randint(9, 16), rng.randint(17, 24)])
+        if i % 3 == 0:
+            length = rng.randint(1, 60)
+            prompt = {"prompt_token_ids": [rng.randrange(3, 500) for _ in range(length)]}
+        else:
+            prompt = {"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(1, 30)))}
+        requests.append(Request(id=f"req-{i:03d}", max_tokens=max_tokens,
+                                ignore_eos=i % 4 == 0, metadata={"i": str(i)}, **prompt))
+    return requests
+
+
+def generation_request(decision: Decision) -> GenerationRequest:
+    request = decision.request
+    return GenerationRequest(
+        id=request.id, prompt_token_ids=decision.prompt_token_ids,
+        sampling=SamplingParams(max_tokens=request.max_tokens, ignore_eos=request.ignore_eos),
+        bin=decision.bin, predicted_tokens=decision.predicted_tokens,
+    )
+
+
+async def test_300_requests_served_once_each_like_hf_generate(
+    broker: str, unique_prefix: str, tiny_llama_dir: Path, hf_reference
+) -> None:
+    requests = mixed_requests(300)
+    async with pipeline(broker, unique_prefix, tiny_llama_dir) as running:
+        async with ResultFollower(running.kafka, running.topics.results) as follower:
+            await send(running.kafka, running.topics.requests,
+                       [(r.id.encode(), encode(r)) for r in requests],
+                       headers=[("traceparent", TRACEPARENT)])
+            results = await follower.collect([r.id for r in requests], timeout=150)
+            await asyncio.sleep(0.5)  # any late duplicate or second result shows up now
+            await follower.poll()
+        assert running.alive()
+        worker_bins = running.worker_bins
+        binned = await read_all(running.kafka, running.topics.bin(0), 2, 1, timeout=5)
+
+    # Exactly one ok result per id (after de-duplication), and no id also failed.
+    assert len(results) == len(requests), f"missing: {set(r.id for r in requests) - set(results)}"
+    assert all(r.status == "ok" for r in results.values()), [
+        r for r in results.values() if r.status != "ok"][:3]
+    statuses = Counter((r.id, r.status) for r in follower.received)
+    assert {status for (_, status) in statuses} == {"ok"}
+
+    # Each bin served what the classifier's decision (the `binbaton predict` path) named.
+    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=BIN_EDGES,
+                              max_tokens_limit=MAX_TOKENS_LIMIT)
+    decisions = Router.from_config(config).decide(requests)
+    assert all(isinstance(d, Decision) for d in decisions)
+    serving = {b: f"w{w}" for w, bins in enumerate(worker_bins) for b in bins}
+    for decision in decisions:
+        result = results[decision.request.id]
+        assert (result.bin, result.predicted_tokens) == (decision.bin, decision.predicted_tokens)
+        assert result.worker == serving[decision.bin]
+        assert result.metadata == decision.request.metadata
+        assert result.usage.prompt_tokens == len(decision.prompt_token_ids)
+    assert len({d.bin for d in decisions}) == 3
+    assert binned and ("traceparent", TRACEPARENT) in binned[0][2]  # passed through unchanged
+
+    # Greedy tokens: every id equals the engine's offline generate; a sample equals HF.
+    offline = Engine(EngineConfig(model=str(tiny_llama_dir), policy="static", max_batch=32,
+                                  kernel_backend="torch"))
+    reference = {o.id: list(o.token_ids)
+                 for o in offline.generate([generation_request(d) for d in decisions])}
+    differ = [i for i, r in results.items() if r.token_ids != reference[i]]
+    assert not differ, f"{len(differ)} differ from offline generate, e.g. {differ[:3]}"
+    sample = [generation_request(d) for d in decisions if not d.request.ignore_eos][::10]
+    hf = hf_reference(tiny_llama_dir, sample)
+    assert all(results[r.id].token_ids == hf[r.id] for r in sample)
+
+
+BAD_INPUTS: list[tuple[str, bytes | None, bytes, str | None, str]] = [
+    # (case, key, value, recoverable id, error code)
+    ("invalid json, no key", None, b"{not json", None, "invalid_json"),
+    ("invalid json, keyed", b"k-json", b'{"id": "k-json", "prompt": ', "k-json", "invalid_json"),
+    ("not utf-8", None, b"\xff\xfe\x00", None, "invalid_json"),
+    ("empty value", None, b"", None, "invalid_json"),
+    ("json array", None, b"[1, 2]", None, "invalid_request"),
+    ("wrong type", None, b'{"id": "b-type", "prompt": "hi", "max_tokens": "ten"}',
+     "b-type", "invalid_request"),
+    ("missing id", None, b'{"prompt": "hello"}', None, "invalid_request"),
+    ("id too long", None, b'{"id": "' + b"x" * 129 + b'", "prompt": "hi"}', None,
+     "invalid_request"),
+    ("neither prompt", None, b'{"id": "b-neither", "max_tokens": 3}', "b-neither",
+     "invalid_request"),
+    ("both prompts", None, b'{"id": "b-both", "prompt": "a", "prompt_token_ids": [5]}',
+     "b-both", "invalid_request"),
+    ("top_p out of range", None, b'{"id": "b-topp", "prompt": "a", "top_p": 1.5}', "b-topp",
+     "invalid_request"),
+    ("negative temperature", None, b'{"id": "b-temp", "prompt": "a", "temperature": -1}',
+     "b-temp", "invalid_request"),
+    ("max_tokens zero", None, b'{"id": "b-zero", "prompt": "a", "max_tokens": 0}', "b-zero",
+     "invalid_request"),
+    ("unknown field", None, b'{"id": "b-field", "prompt": "a", "tempreature": 1}', "b-field",
+     "invalid_request"),
+    ("max_tokens over the server limit", None,
+     b'{"id": "b-limit", "prompt": "a", "max_tokens": 49}', "b-limit", "max_tokens_too_large"),
+    ("prompt longer than the context", None,
+     encode(Request(id="b-long", prompt_token_ids=[5] * 512, max_tokens=4)), "b-long",
+     "prompt_too_long"),
+    ("prompt + max_tokens over the context", None,
+     encode(Request(id="b-over", prompt_token_ids=[5] * 500, max_tokens=40)), "b-over",
+     "too_long"),
+    ("token id outside the vocabulary", None,
+     b'{"id": "b-vocab", "prompt_token_ids": [5, 999999], "max_tokens": 3}', "b-vocab",
+     "token_out_of_range"),
+    ("oversized message", None,
+     encode(Request(id="b-huge", prompt="word " * 1000, max_tokens=4)), "b-huge",
+     "message_too_large"),
+]
+
+
+async def test_bad_input_is_dead_lettered_and_answered_valid_requests_served(
+    broker: str, unique_prefix: str, tiny_llama_dir: Path
+) -> None:
+    valid = [Request(id=f"good-{i}", prompt="the quick brown fox", max_tokens=1 + i % 20)
+             for i in range(len(BAD_INPUTS) + 1)]
+    messages: list[tuple[bytes | None, bytes]] = []
+    for good, (_, key, value, _, _) in zip(valid, BAD_INPUTS, strict=False):
+        messages += [(good.id.encode(), encode(good)), (key, value)]
+    messages.append((valid[-1].id.encode(), encode(valid[-1])))
+    known = {rid: code for (_, _, _, rid, code) in BAD_INPUTS if rid is not None}
+
+    async with pipeline(broker, unique_prefix, tiny_llama_dir) as running:
+        async with ResultFollower(running.kafka, running.topics.results) as follower:
+            # One by one: each lands in whichever partition, interleaved with valid ones.
+            for message in messages:
+                await send(running.kafka, running.topics.requests, [message])
+            results = await follower.collect([r.id for r in valid] + list(known), timeout=60)
+        letters = [decode_dead_letter(value) for _, value, _ in
+                   await read_all(running.kafka, running.topics.dlq, 1, len(BAD_INPUTS), 20)]
+        await asyncio.sleep(0.5)
+        assert running.alive(), "a service task ended"
+        assert running.classifier.stats.rejected == len(BAD_INPUTS)
+
+    # Every valid request served.
+    assert all(results[r.id].status == "ok" for r in valid)
+    # An error result, with the right code, for every bad input whose id is known.
+    for rid, code in known.items():
+        assert results[rid].status == "error" and results[rid].finish_reason == "error"
+        assert results[rid].error is not None and results[rid].error.code == code, rid
+    # One dead letter per bad input, keyed by the id when it is known, with the raw bytes.
+    assert len(letters) == len(BAD_INPUTS)
+    by_code = Counter(letter.error.code for letter in letters)
+    assert by_code == Counter(code for (*_, code) in BAD_INPUTS)
+    assert Counter(letter.key for letter in letters) == Counter(rid for (_, _, _, rid, _)
+                                                                in BAD_INPUTS)
+    assert all(isinstance(letter, DeadLetter) and letter.stage == "classifier"
+               and letter.topic == running.topics.requests for letter in letters)
+    raw_of = {letter.key: letter.raw for letter in letters if letter.key}
+    assert base64.b64decode(raw_of["b-type"]) == BAD_INPUTS[5][2]
