@@ -1,0 +1,246 @@
+"""``binbaton train-predictor``: train and evaluate length predictors; train the demo model.
+
+    binbaton train-predictor [--data FILE] [--model DIR | --tokenizer DIR] [--out FILE]
+    binbaton train-predictor demo-model [--data FILE] [--out DIR] [--seconds N]
+    binbaton train-predictor demo-eval [--model DIR] [--per-source N]
+    binbaton train-predictor bench-predict [--data FILE] [--requests N]
+
+Lengths are counted in tokens of the served model's tokenizer (``--model``/``--tokenizer``;
+default: the committed demo model). The held-out split is fixed (``corpus.is_held_out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from binbaton.service.bins import AdaptiveBinner, BinBoundaries
+from binbaton.service.corpus import load_examples, split_examples
+from binbaton.service.features import FeatureConfig, Featurizer
+from binbaton.service.learned import LearnedPredictor, featurize_in_chunks, fit_ridge
+from binbaton.service.predictor import DEFAULT_ARTIFACT, PredictionInput, load_default_predictor
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instructions.jsonl"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+DEMO_MODEL_DIR = ARTIFACTS / "demo-model"
+
+
+def demo_model_main(argv: list[str]) -> int:
+    from binbaton.service.demo_model import DemoModelConfig, train_demo_model
+
+    parser = argparse.ArgumentParser(prog="binbaton train-predictor demo-model")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=DEMO_MODEL_DIR)
+    parser.add_argument("--seconds", type=float, default=600.0, help="training wall-clock budget")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hidden-size", type=int, default=192)
+    parser.add_argument("--intermediate-size", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--kv-heads", type=int, default=1)
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--init", type=Path, default=None, help="continue training this model")
+    args = parser.parse_args(argv)
+    config = DemoModelConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        train_seconds=args.seconds,
+        threads=args.threads,
+        learning_rate=args.learning_rate,
+    )
+    log = functools.partial(print, flush=True)
+    summary = train_demo_model(load_examples(args.data), args.out, config, args.init, log)
+    print(json.dumps(summary))
+    return 0
+
+
+def length_counter(tokenizer_dir: Path):
+    """texts -> lengths in tokens of the served model's tokenizer (no special tokens)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+    def count(texts: Sequence[str]) -> np.ndarray:
+        encoded = tokenizer(list(texts), add_special_tokens=False).input_ids
+        return np.array([len(ids) for ids in encoded], dtype=np.int64)
+
+    return count
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, ties sharing their mean rank (as Spearman needs)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    _, groups, sizes = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.bincount(groups, weights=ranks) / sizes)[groups]
+
+
+def spearman(predicted: np.ndarray, actual: np.ndarray) -> float | None:
+    """Rank correlation; None when either side is constant (e.g. the max_tokens baseline)."""
+    if np.all(predicted == predicted[0]) or np.all(actual == actual[0]):
+        return None
+    return float(np.corrcoef(average_ranks(predicted), average_ranks(actual))[0, 1])
+
+
+def evaluate(predicted: np.ndarray, actual: np.ndarray, boundaries: BinBoundaries) -> dict:
+    """MAE (tokens), Spearman, and how often the predicted bin is the actual one."""
+    predicted_bins = np.array([boundaries.bin_of(int(p)) for p in predicted])
+    actual_bins = np.array([boundaries.bin_of(int(a)) for a in actual])
+    return {
+        "mae": round(float(np.abs(predicted - actual).mean()), 2),
+        "spearman": None if (rho := spearman(predicted, actual)) is None else round(rho, 4),
+        "bin_accuracy": round(float((predicted_bins == actual_bins).mean()), 4),
+    }
+
+
+def train_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="binbaton train-predictor",
+        description="Train the learned length predictor and report held-out metrics.",
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL (prompt, response)")
+    parser.add_argument("--model", type=Path, default=None, help="served model (its tokenizer)")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer dir (over --model)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT, help="model file (.npz)")
+    parser.add_argument("--bins", type=int, default=4, help="k equal-mass bins for bin accuracy")
+    parser.add_argument("--l2", type=float, default=1.0)
+    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--max-tokens", type=int, default=1024, help="requests' max_tokens")
+    parser.add_argument("--report", type=Path, default=None, help="also write metrics JSON here")
+    args = parser.parse_args(argv)
+    tokenizer_dir = args.tokenizer or args.model or DEMO_MODEL_DIR
+    if not Path(tokenizer_dir).exists():
+        raise SystemExit(f"tokenizer {tokenizer_dir} not found: pass --model or --tokenizer")
+
+    examples = load_examples(args.data)
+    train, held_out = split_examples(examples)
+    if not train or not held_out:
+        raise SystemExit(f"{args.data}: need examples on both sides of the split")
+    count = length_counter(Path(tokenizer_dir))
+    train_lengths = count([ex.response for ex in train])
+    held_out_lengths = count([ex.response for ex in held_out])
+
+    config = FeatureConfig()
+    featurizer = Featurizer(config)
+    features = featurize_in_chunks(featurizer, [ex.prompt for ex in train])
+    model = fit_ridge(
+        features, np.log1p(train_lengths), config, l2=args.l2, iterations=args.iterations
+    )
+    boundaries = BinBoundaries.equal_mass(train_lengths.tolist(), args.bins)
+    # measured through the predictor the classifier (and `binbaton predict`) uses
+    predictor = LearnedPredictor(model)
+    inputs = [PredictionInput(ex.prompt, (), args.max_tokens) for ex in held_out]
+    predicted = np.array(predictor.predict(inputs))
+    baseline = np.full(len(held_out), args.max_tokens)
+    report = {
+        "data": str(args.data),
+        "tokenizer": str(tokenizer_dir),
+        "train_examples": len(train),
+        "held_out_examples": len(held_out),
+        "bin_edges": list(boundaries.edges),
+        "learned": evaluate(predicted, held_out_lengths, boundaries),
+        "max_tokens": evaluate(baseline, held_out_lengths, boundaries),
+    }
+    model.info = {
+        "tokenizer": Path(tokenizer_dir).name,
+        "held_out": report["learned"],
+        "bin_edges": report["bin_edges"],
+        "observed": 0,
+    }
+    model.save(args.out)
+    report["artifact"] = str(args.out)
+    report["artifact_bytes"] = args.out.stat().st_size
+    print(json.dumps(report, indent=2))
+    if args.report is not None:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def bench_main(argv: list[str]) -> int:
+    """Requests/s of the classifier's decision path: features + predict + bin, batched."""
+    parser = argparse.ArgumentParser(prog="binbaton train-predictor bench-predict")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=256, help="requests per predict() call")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N timed passes")
+    args = parser.parse_args(argv)
+    prompts = [ex.prompt for ex in load_examples(args.data)]
+    prompts = [prompts[i % len(prompts)] for i in range(args.requests)]
+    inputs = [PredictionInput(prompt, (), 1024) for prompt in prompts]
+    predictor = load_default_predictor()
+    binner = AdaptiveBinner(BinBoundaries.equal_mass([16, 32, 64, 128], 4))
+    predictor.predict(inputs[: args.batch])  # warm-up (allocations, power tables)
+    timings = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        for start in range(0, len(inputs), args.batch):
+            batch = inputs[start : start + args.batch]
+            binner.assign_batch(predictor.predict(batch))
+        timings.append(time.perf_counter() - started)
+    best = min(timings)
+    result = {
+        "requests": len(inputs),
+        "batch": args.batch,
+        "predictor": predictor.name,
+        "requests_per_s": round(len(inputs) / best),
+        "seconds": [round(t, 3) for t in timings],
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "bin_updates": binner.updates,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+def demo_eval_main(argv: list[str]) -> int:
+    """Mean greedy output length (HF generate) per prompt source, on held-out prompts."""
+    from binbaton.service.demo_model import generated_lengths
+
+    parser = argparse.ArgumentParser(prog="binbaton train-predictor demo-eval")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
+    parser.add_argument("--per-source", type=int, default=24)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    args = parser.parse_args(argv)
+    _, held_out = split_examples(load_examples(args.data))
+    count = length_counter(args.model)
+    report = {}
+    for source in sorted({ex.source for ex in held_out}):
+        chosen = [ex for ex in held_out if ex.source == source][: args.per_source]
+        generated = generated_lengths(args.model, chosen, args.max_new_tokens)
+        report[source] = {
+            "prompts": len(chosen),
+            "generated_mean": round(float(np.mean(generated)), 1),
+            "generated_hit_limit": int(sum(n >= args.max_new_tokens for n in generated)),
+            "corpus_mean": round(float(count([ex.response for ex in chosen]).mean()), 1),
+        }
+        print(json.dumps({source: report[source]}), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "demo-model":
+        return demo_model_main(argv[1:])
+    if argv and argv[0] == "demo-eval":
+        return demo_eval_main(argv[1:])
+    if argv and argv[0] == "bench-predict":
+        return bench_main(argv[1:])
+    return train_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
