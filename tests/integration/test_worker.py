@@ -1,7 +1,7 @@
 """The worker through the real embedded broker and a real tiny checkpoint.
 
-In-process workers for serving and flow control; worker subprocesses
-(``python -m binbaton.workers.worker``) for SIGKILL and SIGTERM.
+In-process workers for serving, flow control and restarts; worker subprocesses
+(``python -m binbaton.workers.worker``) to be killed with SIGKILL and stopped with SIGTERM.
 """
 
 from __future__ import annotations
@@ -335,15 +335,11 @@ async def test_killed_worker_requests_are_finished_after_restart(
         unfinished = ids - log.ids()
         assert unfinished, "every request finished before the kill; the test proves nothing"
 
-        second = WorkerProcess(broker, unique_prefix, "0", tiny_llama_dir, "second",
-                               tmp_path / "second.log")
-        try:
-            await second.wait_ready()
+        # The restarted worker (in this process: no second torch import) joins the same
+        # group once the dead member's session expired and reads from the last commit.
+        restarted = WorkerConfig(bins=(0,), topic_prefix=unique_prefix, worker_id="second")
+        async with running_worker(restarted, broker, tiny_llama_dir):
             await log.wait_for(ids, timeout=60)
-            second.process.send_signal(signal.SIGTERM)
-            assert await second.wait(timeout=30) == 0
-        finally:
-            second.kill()
 
     by_id = log.by_id()
     assert set(by_id) == ids  # no id lost
