@@ -198,3 +198,57 @@ def test_half_precision_dtypes_run(tiny_qwen3_dir, dtype):
     assert engine.cache.k[0].dtype == getattr(torch, dtype)
     outs = engine.generate([make_request(f"h{i}", start=5 + i, max_tokens=6) for i in range(3)])
     assert all(o.ok and 1 <= len(o.token_ids) <= 6 for o in outs)
+
+
+# ---- policies -----------------------------------------------------------------------
+
+
+def binned(rid: str, bin_: int, max_tokens: int, start: int = 5) -> GenerationRequest:
+    return GenerationRequest(
+        id=rid,
+        prompt_token_ids=tuple(range(start, start + 6)),
+        sampling=SamplingParams(max_tokens=max_tokens, ignore_eos=True),
+        bin=bin_,
+        predicted_tokens=max_tokens,
+    )
+
+
+def test_multibin_static_forms_each_batch_from_one_bin(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, policy="multibin-static", max_batch=4)
+    for i in range(9):
+        engine.add(binned(f"m{i}", bin_=i % 3, max_tokens=3 + i, start=5 + i))
+    batch_bins = []
+    while engine.has_work():
+        idle_before = not engine.running
+        engine.step()
+        assert len({s.request.bin for s in engine.running}) <= 1
+        if idle_before and engine.last_step.admitted:
+            batch_bins.append(engine.running[0].request.bin if engine.running else None)
+    assert engine.stats.retired == 9
+    assert batch_bins[:3] == [0, 1, 2]  # the oldest waiting request's bin goes next
+
+
+def test_multibin_insert_caps_each_bin_and_reserves_by_prediction(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, policy="multibin-insert", max_batch=4,
+                         bin_max_batch=(1, 4))
+    for i in range(8):
+        engine.add(binned(f"m{i}", bin_=i % 2, max_tokens=4 + i, start=5 + i))
+    engine.step()
+    assert [s.reserved_len for s in engine.running] == [
+        s.prompt_len + s.request.predicted_tokens for s in engine.running
+    ]
+    while engine.has_work():
+        assert sum(1 for s in engine.running if s.request.bin == 0) <= 1
+        engine.step()
+    assert engine.stats.retired == 8
+
+
+def test_prefill_token_cap_spreads_admissions_over_steps(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, max_batch=4, max_prefill_tokens=50)
+    for i in range(4):
+        engine.add(make_request(f"p{i}", prompt_len=30, start=5 + i, max_tokens=8))
+    engine.step()
+    assert engine.last_step.admitted == 1
+    assert engine.last_step.prefill_tokens == 30
+    engine.step()
+    assert engine.last_step.admitted == 1

@@ -52,7 +52,6 @@ class Engine:
         self.waiting: list[Sequence] = []  # FIFO; preempted sequences go back to the front
         self.running: list[Sequence] = []  # admission order (youngest last)
         self._rejected: list[GenerationOutput] = []
-        self._arrivals = 0
         self._preempted = 0  # this step
         self.stats = EngineStats()
         self.last_step = StepStats()
@@ -67,11 +66,9 @@ class Engine:
             return
         seq = Sequence(
             request=request,
-            arrival=self._arrivals,
             token_ids=list(request.prompt_token_ids),
             generator=make_generator(request.sampling.seed, self.device),
         )
-        self._arrivals += 1
         self.waiting.append(seq)
 
     def has_work(self) -> bool:
@@ -124,7 +121,8 @@ class Engine:
 
     def _admit(self) -> list[Sequence]:
         budget = AdmissionBudget(
-            free_blocks=self.cache.allocator.num_free,
+            # Blocks the running sequences take at this step's decode are not for newcomers.
+            free_blocks=self.cache.allocator.num_free - self._blocks_needed_to_decode(),
             block_size=self.cache.block_size,
             prefill_tokens=self.config.max_prefill_tokens,
         )
@@ -193,6 +191,8 @@ class Engine:
     def _grow(self, seqs: list[Sequence]) -> None:
         """Give each sequence a block for its next token, preempting the youngest if full."""
         for seq in seqs:  # oldest first
+            if seq not in self.running:
+                continue  # preempted for an older one
             missing = self.cache.blocks_for(len(seq.token_ids)) - len(seq.blocks)
             while missing > 0 and self.cache.allocator.num_free < missing:
                 victim = self.running[-1]
@@ -201,6 +201,11 @@ class Engine:
                     break
             if missing > 0 and seq in self.running:
                 seq.blocks += self.cache.allocator.allocate(missing)
+
+    def _blocks_needed_to_decode(self) -> int:
+        return sum(
+            max(0, self.cache.blocks_for(len(s.token_ids)) - len(s.blocks)) for s in self.running
+        )
 
     def _preempt(self, seq: Sequence) -> None:
         """Drop ``seq``'s cache; it waits at the front and is recomputed on re-admission."""

@@ -17,7 +17,6 @@ from binbaton.workers.engine.request import (
 @dataclass(eq=False)
 class Sequence:
     request: GenerationRequest
-    arrival: int  # admission order tie-break (FIFO)
     token_ids: list[int]  # prompt + generated
     reserved_len: int = 0  # tokens of cache reserved at admission (prompt + reserved output)
     blocks: list[int] = field(default_factory=list)
