@@ -274,3 +274,42 @@ async def test_bad_input_is_dead_lettered_and_answered_valid_requests_served(
                and letter.topic == running.topics.requests for letter in letters)
     raw_of = {letter.key: letter.raw for letter in letters if letter.key}
     assert base64.b64decode(raw_of["b-type"]) == BAD_INPUTS[5][2]
+
+
+async def test_a_librdkafka_client_produces_and_reads_by_assigned_partitions(
+    broker: str, unique_prefix: str, tiny_llama_dir: Path
+) -> None:
+    """confluent-kafka (librdkafka): its consumer groups hang on the embedded broker, so the
+    client assigns the results partitions itself, as the README shows."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    import json
+
+    async with pipeline(broker, unique_prefix, tiny_llama_dir, workers=1) as running:
+        request = {"id": "rdkafka-1", "prompt": "the quick brown fox", "max_tokens": 5}
+
+        def produce_and_read() -> dict:
+            producer = confluent_kafka.Producer({"bootstrap.servers": broker})
+            producer.produce(running.topics.requests, key=request["id"],
+                             value=json.dumps(request))
+            assert producer.flush(10) == 0
+            consumer = confluent_kafka.Consumer({
+                "bootstrap.servers": broker, "group.id": "unused-but-required",
+                "enable.auto.commit": False})
+            consumer.assign([confluent_kafka.TopicPartition(running.topics.results, p,
+                                                            confluent_kafka.OFFSET_BEGINNING)
+                             for p in range(running.topics.results_partitions)])
+            try:
+                for _ in range(300):  # up to 30 s
+                    message = consumer.poll(0.1)
+                    if message is None or message.error():
+                        continue
+                    result = json.loads(message.value())
+                    if result["id"] == request["id"]:
+                        return result
+            finally:
+                consumer.close()
+            raise AssertionError("no result within 30 s")
+
+        result = await asyncio.to_thread(produce_and_read)
+        assert running.alive()
+    assert result["status"] == "ok" and len(result["token_ids"]) == 5

@@ -1,0 +1,104 @@
+"""`binbaton up` as a real process: the ready line, one request served, clean SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from binbaton.schemas import Request
+from binbaton.service.broker import answers_metadata, free_port
+from binbaton.service.client import ResultFollower, produce, request_message
+from binbaton.service.config import KafkaConfig
+
+pytestmark = pytest.mark.broker
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains ``text`` (workers name the broker's port)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def read_ready_line(process: subprocess.Popen[str], timeout: float) -> list[str]:
+    """stdout lines up to and including the ready line (read in a thread: no busy loop)."""
+    assert process.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+            if line.startswith("ready "):
+                return
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        seen.append(line)
+        if line.startswith("ready "):
+            return seen
+    raise AssertionError(f"no ready line within {timeout}s (exit {process.poll()}): {seen}")
+
+
+def test_up_prints_ready_serves_a_request_and_stops_on_sigint(tiny_llama_dir: Path) -> None:
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    env = dict(os.environ, BINBATON_BIN_EDGES="4,8", BINBATON_WORKERS="1",
+               BINBATON_MODEL=str(tiny_llama_dir), OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "binbaton.service.cli", "up", "--broker-port", str(port),
+         "--kernel-backend", "torch", "--drain-timeout", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )
+    try:
+        lines = read_ready_line(process, timeout=120)
+        assert lines == [f"ready bootstrap={bootstrap}"]
+        assert processes_mentioning(f"--bootstrap-servers {bootstrap}"), "no worker process"
+
+        async def one_request() -> str:
+            kafka = KafkaConfig(bootstrap_servers=bootstrap)
+            request = Request(id="up-1", prompt="the quick brown fox", max_tokens=6)
+            async with ResultFollower(kafka, "binbaton.results") as follower:
+                await produce(kafka, "binbaton.requests", [request_message(request)])
+                results = await follower.collect(["up-1"], timeout=60)
+            assert results["up-1"].bin == 1 and len(results["up-1"].token_ids) == 6
+            return results["up-1"].status
+
+        assert asyncio.run(one_request()) == "ok"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        assert (process.stdout.read() or "").strip() == ""  # the ready line only, once
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not answers_metadata("127.0.0.1", port), "the broker outlived `up`"
+    deadline = time.monotonic() + 10
+    while processes_mentioning(f"--bootstrap-servers {bootstrap}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_mentioning(f"--bootstrap-servers {bootstrap}"), "a worker outlived `up`"
