@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,12 @@ from binbaton.schemas import (
     now_ms,
     recover_id,
 )
-from binbaton.service.bins import BinBoundaries, FixedBinner
+from binbaton.service.bins import AdaptiveBinner, BinBoundaries, FixedBinner
 from binbaton.service.config import ClassifierConfig, ConfigError, KafkaConfig, TopicsConfig
-from binbaton.service.predictor import (
-    LengthPredictor,
-    MaxTokensPredictor,
-    OraclePredictor,
-    PredictionInput,
-)
+from binbaton.service.predictor import DEFAULT_ARTIFACT, LengthPredictor, PredictionInput
+from binbaton.service.predictor import make_predictor as predictor_registry
+
+Binner = FixedBinner | AdaptiveBinner
 
 log = logging.getLogger("binbaton.classifier")
 
@@ -56,31 +54,27 @@ DEAD_LETTER_RAW_LIMIT = 64 * 1024  # bytes of an oversized message kept in its d
 # Predictors by name.
 
 
-def _learned_predictor(config: ClassifierConfig, tokenizer: Any) -> LengthPredictor:
-    from binbaton.service.learned import LearnedPredictor, LengthModel
-
-    if config.predictor_path is None:
-        raise ConfigError("the learned predictor needs --predictor-path (a trained model)")
-    return LearnedPredictor(LengthModel.load(Path(config.predictor_path)),
-                            decode=tokenizer.decode)
-
-
-PredictorFactory = Callable[[ClassifierConfig, Any], LengthPredictor]  # (config, tokenizer)
-
-PREDICTORS: dict[str, PredictorFactory] = {
-    "max_tokens": lambda config, tokenizer: MaxTokensPredictor(),
-    "oracle": lambda config, tokenizer: OraclePredictor(),
-    "learned": _learned_predictor,
-}
-
-
 def make_predictor(config: ClassifierConfig, tokenizer: Any = None) -> LengthPredictor:
-    """The predictor named by ``config.predictor`` (see PREDICTORS)."""
-    factory = PREDICTORS.get(config.predictor)
-    if factory is None:
-        raise ConfigError(f"unknown predictor {config.predictor!r}; choose one of "
-                          f"{', '.join(PREDICTORS)}")
-    return factory(config, tokenizer)
+    """The predictor named by ``config.predictor`` (registry: binbaton.service.predictor)."""
+    name = config.predictor
+    if name == "auto":
+        name = "learned" if DEFAULT_ARTIFACT.exists() or config.predictor_path else "max_tokens"
+    try:
+        return predictor_registry(
+            name,
+            artifact=Path(config.predictor_path) if config.predictor_path else None,
+            snapshot_path=Path(config.predictor_snapshot) if config.predictor_snapshot else None,
+            decode=tokenizer.decode if tokenizer is not None else None,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"predictor {name!r}: {exc}") from exc
+
+
+def make_binner(config: ClassifierConfig) -> Binner:
+    boundaries = BinBoundaries(config.bin_edges)
+    if config.binner == "adaptive":
+        return AdaptiveBinner(boundaries)
+    return FixedBinner(boundaries)
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,7 +121,7 @@ class Router:
         tokenizer: Any,
         limits: ModelLimits,
         predictor: LengthPredictor,
-        binner: FixedBinner,
+        binner: Binner,
         max_tokens_limit: int,
     ) -> None:
         self.tokenizer = tokenizer
@@ -145,7 +139,7 @@ class Router:
             tokenizer=tokenizer,
             limits=load_model_limits(config.model, tokenizer, config.max_model_len),
             predictor=make_predictor(config, tokenizer),
-            binner=FixedBinner(BinBoundaries(config.bin_edges)),
+            binner=make_binner(config),
             max_tokens_limit=config.max_tokens_limit,
         )
 
@@ -165,16 +159,24 @@ class Router:
                 valid.append(index)
         features = [self._features(requests[i], token_ids[i]) for i in valid]
         predicted = self.predictor.predict(features) if features else []
-        for index, item, tokens in zip(valid, features, predicted, strict=True):
-            tokens = max(1, min(int(tokens), requests[index].max_tokens))
+        predicted = [max(1, min(int(p), requests[i].max_tokens))
+                     for i, p in zip(valid, predicted, strict=True)]
+        bins = self._assign(predicted)
+        for index, item, tokens, bin in zip(valid, features, predicted, bins, strict=True):
             outcomes[index] = Decision(
                 request=requests[index],
                 prompt_token_ids=token_ids[index],
                 predicted_tokens=tokens,
-                bin=self.binner.assign(tokens),
+                bin=bin,
                 features=item,
             )
         return outcomes  # type: ignore[return-value]  # every None was replaced
+
+    def _assign(self, predicted: list[int]) -> list[int]:
+        """Bins of one batch (an adaptive binner moves its edges only between batches)."""
+        if isinstance(self.binner, AdaptiveBinner):
+            return self.binner.assign_batch(predicted)
+        return [self.binner.assign(p) for p in predicted]
 
     def _tokenize(self, requests: Sequence[Request]) -> list[tuple[int, ...]]:
         texts = [r.prompt for r in requests if r.prompt is not None]

@@ -124,9 +124,15 @@ FLAGS: dict[str, Flag] = {
         Flag("device", non_empty, "auto", "auto | cpu | cuda | cuda:N"),
         Flag("dtype", one_of("auto", "float32", "float16", "bfloat16"), "auto",
              "model dtype (auto: float32 on CPU, bfloat16 on CUDA)"),
-        Flag("predictor", non_empty, "max_tokens",
-             "length predictor: max_tokens | oracle | learned"),
-        Flag("predictor-path", non_empty, None, "artifact of the learned predictor"),
+        Flag("predictor", one_of("auto", "learned", "max_tokens", "oracle"), "auto",
+             "length predictor (auto: learned when its trained artifact exists, "
+             "else max_tokens)"),
+        Flag("predictor-path", non_empty, None,
+             "trained model of the learned predictor (default: service/artifacts/)"),
+        Flag("predictor-snapshot", non_empty, None,
+             "file where the learned predictor keeps what it learned online (restarts resume)"),
+        Flag("binner", one_of("fixed", "adaptive"), "fixed",
+             "fixed bin edges, or adaptive equal-mass edges over recent predictions"),
         Flag("max-tokens-limit", positive_int, 4096, "server limit on a request's max_tokens"),
         Flag("max-model-len", positive_int, None,
              "context length the service accepts (default: the model's)"),
@@ -157,8 +163,9 @@ FLAGS: dict[str, Flag] = {
 # Which flags each role reads (the CLI adds these groups to its commands).
 KAFKA_FLAGS = ("bootstrap-servers", "broker-port", "topic-prefix", "log-level")
 TOPIC_FLAGS = ("bins", "bin-edges", "partitions")
-CLASSIFIER_FLAGS = ("model", "predictor", "predictor-path", "max-tokens-limit", "max-model-len",
-                    "batch-size", "max-request-bytes", "observe-cache")
+CLASSIFIER_FLAGS = ("model", "predictor", "predictor-path", "predictor-snapshot", "binner",
+                    "max-tokens-limit", "max-model-len", "batch-size", "max-request-bytes",
+                    "observe-cache")
 ENGINE_FLAGS = ("model", "device", "dtype", "policy", "max-batch", "kv-budget-tokens",
                 "block-size", "kernel-backend", "max-model-len")
 WORKER_FLAGS = ("max-in-flight", "worker-id", "drain-timeout")
@@ -359,8 +366,10 @@ class ClassifierConfig:
 
     model: str
     bin_edges: tuple[int, ...]
-    predictor: str = "max_tokens"
+    predictor: str = "max_tokens"  # auto | learned | max_tokens | oracle
     predictor_path: str | None = None
+    predictor_snapshot: str | None = None
+    binner: str = "fixed"  # fixed | adaptive
     max_tokens_limit: int = 4096
     max_model_len: int | None = None  # None: the model's own context length
     batch_size: int = 64
@@ -379,6 +388,11 @@ class ClassifierConfig:
                      "observe_cache"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.predictor not in ("auto", "learned", "max_tokens", "oracle"):
+            raise ConfigError(f"unknown predictor {self.predictor!r}; choose one of "
+                              "auto, learned, max_tokens, oracle")
+        if self.binner not in ("fixed", "adaptive"):
+            raise ConfigError(f"binner must be fixed or adaptive, got {self.binner!r}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
 
@@ -438,8 +452,10 @@ def classifier_config(values: Mapping[str, Any]) -> ClassifierConfig:
     return ClassifierConfig(
         model=values.get("model") or "",
         bin_edges=tuple(edges),
-        predictor=values.get("predictor") or "max_tokens",
+        predictor=values.get("predictor") or "auto",
         predictor_path=values.get("predictor_path"),
+        predictor_snapshot=values.get("predictor_snapshot"),
+        binner=values.get("binner") or "fixed",
         max_tokens_limit=values.get("max_tokens_limit") or 4096,
         max_model_len=values.get("max_model_len"),
         batch_size=values.get("batch_size") or 64,

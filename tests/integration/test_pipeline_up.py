@@ -69,7 +69,8 @@ def test_up_prints_ready_serves_a_request_and_stops_on_sigint(tiny_llama_dir: Pa
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     env = dict(os.environ, BINBATON_BIN_EDGES="4,8", BINBATON_WORKERS="1",
-               BINBATON_MODEL=str(tiny_llama_dir), OMP_NUM_THREADS="1")
+               BINBATON_MODEL=str(tiny_llama_dir), BINBATON_PREDICTOR="max_tokens",
+               OMP_NUM_THREADS="1")
     process = subprocess.Popen(
         [sys.executable, "-m", "binbaton.service.cli", "up", "--broker-port", str(port),
          "--kernel-backend", "torch", "--drain-timeout", "5"],

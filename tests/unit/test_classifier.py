@@ -69,7 +69,11 @@ def test_max_model_len_caps_the_context(model_dir: Path) -> None:
 
 def test_unknown_predictor_fails_loudly(model_dir: Path) -> None:
     with pytest.raises(ConfigError, match="unknown predictor"):
-        make_predictor(ClassifierConfig(model="m", bin_edges=(), predictor="psychic"))
+        ClassifierConfig(model="m", bin_edges=(), predictor="psychic")
+    missing = ClassifierConfig(model="m", bin_edges=(), predictor="learned",
+                               predictor_path=str(model_dir / "no-such-model.npz"))
+    with pytest.raises(ConfigError, match="learned"):
+        make_predictor(missing)
 
 
 def test_recent_inputs_is_a_bounded_lru() -> None:
