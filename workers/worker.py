@@ -59,6 +59,10 @@ STAGE = "worker"
 PUBLISH_RETRY_S = 0.5
 
 
+class WorkerError(RuntimeError):
+    """The worker cannot serve (e.g. its topics do not exist)."""
+
+
 class KafkaSettings(Protocol):
     """What the worker needs of ``binbaton.service.config.KafkaConfig``."""
 
@@ -177,8 +181,8 @@ class Worker:
         try:
             await self.start()
             await self._serve()
-        except KafkaError as exc:  # e.g. no broker at bootstrap_servers
-            log.error("worker stopped by a Kafka error: %r", exc)
+        except (KafkaError, WorkerError) as exc:  # e.g. no broker, missing topics
+            log.error("worker failed: %s", exc)
             self.failed = True
         finally:
             await self.stop()
@@ -195,16 +199,27 @@ class Worker:
             kwargs["enable_auto_commit"] = False
             kwargs["max_poll_records"] = self.config.max_poll_records
             consumer = AIOKafkaConsumer(**kwargs)
-            bin_consumer = BinConsumer(self, bin, consumer)
-            consumer.subscribe([self.config.bin_topic(bin)], listener=bin_consumer)
-            self._consumers.append(bin_consumer)
-        # Subscribed before start, so start() returns once the group assigned us: join the
-        # groups side by side (each join waits out the coordinator's rebalance delay).
-        await asyncio.gather(*(c.consumer.start() for c in self._consumers))
+            self._consumers.append(BinConsumer(self, bin, consumer))
+            await consumer.start()  # not subscribed yet: returns without joining
+        await self._check_topics(self._consumers[0].consumer)
+        # Subscribing starts the group join in the background; all groups join side by side.
+        for bin_consumer in self._consumers:
+            topic = self.config.bin_topic(bin_consumer.bin)
+            bin_consumer.consumer.subscribe([topic], listener=bin_consumer)
         if await self._wait_joined():
             print(ready_line(self.config), flush=True)
             if self.on_ready is not None:
                 self.on_ready()
+
+    async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
+        config = self.config
+        needed = [*map(config.bin_topic, config.bins), config.results_topic, config.dlq_topic]
+        missing = sorted(set(needed) - await consumer.topics())
+        if missing:
+            raise WorkerError(
+                f"topics {', '.join(missing)} do not exist on {self.kafka.bootstrap_servers}; "
+                "create them first (`binbaton topics`)"
+            )
 
     async def _wait_joined(self) -> bool:
         """True once every bin's group assigned us (maybe no partitions); False if stopped."""

@@ -382,3 +382,12 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(
     committed, ends = await committed_and_end(broker, f"{unique_prefix}.worker.bin-0",
                                               topics.bin(0), 2)
     assert committed == ends, "drained requests must be committed"
+
+
+async def test_missing_topics_fail_clearly(broker: str, unique_prefix: str, tiny_llama_dir: Path,
+                                           caplog: pytest.LogCaptureFixture):
+    config = WorkerConfig(bins=(0,), topic_prefix=unique_prefix)
+    worker = Worker(config, kafka_config(broker), AsyncEngine(make_engine(tiny_llama_dir)))
+    assert await asyncio.wait_for(worker.run(asyncio.Event()), 30) == 1
+    assert f"topics {unique_prefix}.bin.0, {unique_prefix}.dlq, {unique_prefix}.results " \
+           "do not exist" in caplog.text
