@@ -41,6 +41,7 @@ from binbaton.schemas.codec import (
     encode,
     error_result,
     now_ms,
+    recover_id,
 )
 from binbaton.schemas.messages import BinnedRequest, ErrorInfo, Timings
 from binbaton.workers.config import WorkerConfig
@@ -332,7 +333,15 @@ class Worker:
     ) -> None:
         acknowledged = False
         try:
-            acknowledged = await self._serve_record(bin_consumer, record)
+            try:
+                acknowledged = await self._serve_record(bin_consumer, record)
+            except Exception as exc:  # a bug: answer the request instead of stalling commits
+                log.exception("serving %s[%d]@%d failed", record.topic, record.partition,
+                              record.offset)
+                error = ErrorInfo("internal", f"worker error: {exc!r}")
+                acknowledged = await self._reject(record, bin_consumer.bin, error,
+                                                  recover_id(record.value or b""),
+                                                  trace_headers(record.headers))
         finally:
             if acknowledged:
                 bin_consumer.tracker.done(tp, record.offset)

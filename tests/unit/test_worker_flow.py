@@ -226,3 +226,20 @@ async def test_bad_payload_is_dead_lettered_with_error_result_and_committed():
     await bin_consumer.commit()
     assert consumer.commits == [{TP0: 2}]
     assert engine.submitted == []
+
+
+async def test_unexpected_error_answers_the_request_and_keeps_commits_moving(monkeypatch):
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("binbaton.workers.worker.build_result", broken)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a")]})
+    await settle()
+    engine.finish("a")
+    await settle()
+    sent = {(topic, key) for topic, _, key, _ in worker._producer.sent}
+    assert sent == {("p.dlq", b"a"), ("p.results", b"a")}
+    await bin_consumer.commit()
+    assert consumer.commits == [{TP0: 1}]
