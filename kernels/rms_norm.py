@@ -1,4 +1,4 @@
-"""Fused RMSNorm with optional residual add, one program per row.
+"""Fused RMSNorm with optional residual add; a program normalises one or several rows.
 
 Semantics of ``reference.rms_norm``: ``hidden = x + residual`` rounded to x's dtype (this
 is the new residual), normalised in float32, cast back to x's dtype, then multiplied by
@@ -12,27 +12,29 @@ import triton
 import triton.language as tl
 from binbaton.kernels import launch
 
+ROW_ELEMENTS = 4096  # elements per program: rows of a short hidden size share a program
+
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr,
     stride_x, stride_r, stride_o, stride_ro,
-    hidden_size, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    num_rows, hidden_size, eps,
+    HAS_RESIDUAL: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < hidden_size
-    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]  # [R, 1]
+    cols = tl.arange(0, BLOCK)[None, :]  # [1, H]
+    mask = (rows < num_rows) & (cols < hidden_size)
+    x = tl.load(x_ptr + rows * stride_x + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
-        r = tl.load(residual_ptr + row * stride_r + cols, mask=mask, other=0.0)
+        r = tl.load(residual_ptr + rows * stride_r + cols, mask=mask, other=0.0)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)  # x + residual
-        tl.store(residual_out_ptr + row * stride_ro + cols, x, mask=mask)
+        tl.store(residual_out_ptr + rows * stride_ro + cols, x, mask=mask)
     h = x.to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(h * h, 0) / hidden_size + eps)
+    rstd = tl.rsqrt(tl.sum(h * h, 1) / hidden_size + eps)[:, None]  # [R, 1]
     normed = (h * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
-    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * stride_o + cols, w * normed, mask=mask)
+    w = tl.load(weight_ptr + cols, mask=cols < hidden_size, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rows * stride_o + cols, w * normed, mask=mask)
 
 
 def rms_norm(
@@ -71,12 +73,14 @@ def rms_norm(
             raise ValueError(f"{name} must be contiguous")
     out2 = out.view(-1, hidden_size)  # [R, H]
     new_residual = x2 if residual_out is None else residual_out.view(-1, hidden_size)
-    if x2.shape[0] > 0:
-        _rms_norm_kernel[(x2.shape[0],)](
+    num_rows, block = x2.shape[0], launch.pad(hidden_size)
+    rows = max(1, min(ROW_ELEMENTS // block, launch.pad(num_rows)))  # several short rows
+    if num_rows > 0:
+        _rms_norm_kernel[(triton.cdiv(num_rows, rows),)](
             x2, r2, weight, out2, new_residual,
             x2.stride(0), r2.stride(0), out2.stride(0), new_residual.stride(0),
-            hidden_size, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=launch.pad(hidden_size),
-            num_warps=min(16, max(1, launch.pad(hidden_size) // 256)),
+            num_rows, hidden_size, eps,
+            HAS_RESIDUAL=residual is not None, ROWS=rows, BLOCK=block,
+            num_warps=min(16, max(1, rows * block // 256)),
         )
     return out, (x if residual_out is None else residual_out)
