@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -129,8 +129,15 @@ def worker_env(num_workers: int, device: str) -> dict[str, str]:
     return env
 
 
-async def up(values: Mapping[str, Any], stop: asyncio.Event, out: TextIO = sys.stdout) -> int:
-    """Run the service until ``stop`` is set. Returns the exit code."""
+async def up(
+    values: Mapping[str, Any],
+    stop: asyncio.Event,
+    out: TextIO = sys.stdout,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
+    """Run the service until ``stop`` is set. Returns the exit code.
+
+    ``on_ready(bootstrap)`` is called right after the ready line is printed."""
     if not values.get("model"):
         raise ConfigError("binbaton up needs --model (or $BINBATON_MODEL)")
     topics = topics_config(values)
@@ -161,6 +168,8 @@ async def up(values: Mapping[str, Any], stop: asyncio.Event, out: TextIO = sys.s
         if not await _wait_ready(workers, classifier_task, classifier_started, stop):
             return 0 if stop.is_set() else 1
         print(f"ready bootstrap={bootstrap}", file=out, flush=True)
+        if on_ready is not None:
+            on_ready(bootstrap)
         return await _supervise(workers, classifier_task, stop)
     finally:
         drain = float(values.get("drain_timeout") or 30.0)
