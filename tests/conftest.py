@@ -44,9 +44,6 @@ def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ---- engine exactness against Hugging Face generate -----------------------------------
 
-EXACTNESS_POLICIES = ("static", "multibin-static", "insert", "multibin-insert")
-
-
 @dataclass(frozen=True)
 class Arrival:
     step: int  # engine step before which the request is added
