@@ -301,6 +301,8 @@ class Worker:
 
     async def _wait_for_capacity(self, timeout: float) -> None:
         self._capacity_freed.clear()
+        if not self.is_full():  # freed while we polled
+            return
         freed = asyncio.ensure_future(self._capacity_freed.wait())
         stopped = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait([freed, stopped], timeout=timeout,

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from binbaton.schemas.codec import decode_dead_letter, decode_result, encode
 from binbaton.schemas.messages import BinnedRequest, Request, Result
 from binbaton.service.config import KafkaConfig, TopicsConfig
@@ -123,27 +123,31 @@ class ResultLog:
             await asyncio.sleep(0.05)
 
 
-async def read_all(bootstrap: str, topic: str, count: int, timeout: float = 10.0) -> list[bytes]:
-    values: list[bytes] = []
+async def read_records(bootstrap: str, topic: str, count: int,
+                       timeout: float = 10.0) -> list[ConsumerRecord]:
+    records: list[ConsumerRecord] = []
     async with topic_reader(bootstrap, topic) as consumer:
         deadline = time.monotonic() + timeout
-        while len(values) < count and time.monotonic() < deadline:
+        while len(records) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
-            values += [m.value for messages in batch.values() for m in messages]
-    return values
+            records += [m for messages in batch.values() for m in messages]
+    return records
 
 
 async def committed_and_end(bootstrap: str, group: str, topic: str,
-                            partitions: int) -> tuple[dict[int, int | None], dict[int, int]]:
-    """The group's committed offset and the log end offset of every partition."""
+                            count: int) -> tuple[dict[int, int | None], dict[int, int]]:
+    """The group's committed offset and the log end (last offset + 1) of every partition
+    of ``topic``, which holds ``count`` messages."""
+    ends: dict[int, int] = {}
+    for record in await read_records(bootstrap, topic, count):
+        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+    assert sum(ends.values()) >= count
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                                 enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        committed = {tp.partition: await consumer.committed(tp) for tp in tps}
-        ends = await consumer.end_offsets(tps)
-        return committed, {tp.partition: offset for tp, offset in ends.items()}
+        committed = {p: await consumer.committed(TopicPartition(topic, p)) for p in ends}
+        return committed, ends
     finally:
         await consumer.stop()
 
@@ -226,13 +230,14 @@ async def test_worker_serves_bins_publishes_results_and_commits(
     assert bad_result.status == "error"
     assert bad_result.error.code == "invalid_request"
 
-    letters = [decode_dead_letter(v) for v in await read_all(broker, topics.dlq, 3)]
+    letters = [decode_dead_letter(r.value) for r in await read_records(broker, topics.dlq, 3)]
     assert sorted(str(letter.key) for letter in letters) == ["None", "no-prompt", "too-long"]
     assert all(letter.stage == "worker" for letter in letters)
 
-    for bin in (0, 1):
-        committed, ends = await committed_and_end(
-            broker, config.group_id(bin), topics.bin(bin), topics.bin_partitions)
+    produced = {0: 4 + 1, 1: 4 + 2}  # requests + bad ones (bin 0: not json; 1: too-long, no-prompt)
+    for bin, count in produced.items():
+        committed, ends = await committed_and_end(broker, config.group_id(bin), topics.bin(bin),
+                                                  count)
         assert committed == ends, f"bin {bin}: committed {committed}, end {ends}"
 
 
@@ -267,7 +272,8 @@ async def test_full_worker_pauses_and_still_serves_everything(
     assert pauses >= 1
     assert all(len(results) == 1 and results[0].status == "ok"
                for results in log.by_id().values())
-    committed, ends = await committed_and_end(broker, config.group_id(0), topics.bin(0), 2)
+    committed, ends = await committed_and_end(broker, config.group_id(0), topics.bin(0),
+                                              len(requests))
     assert committed == ends
 
 
@@ -380,7 +386,7 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(
     assert all(len(results) == 1 and results[0].status == "ok"
                for results in log.by_id().values())
     committed, ends = await committed_and_end(broker, f"{unique_prefix}.worker.bin-0",
-                                              topics.bin(0), 2)
+                                              topics.bin(0), len(ids))
     assert committed == ends, "drained requests must be committed"
 
 
