@@ -463,7 +463,11 @@ def run_worker(
     from binbaton.workers.engine.async_engine import AsyncEngine
     from binbaton.workers.engine.engine import Engine
 
-    engine = AsyncEngine(Engine(engine_config))  # loads the model before joining any group
+    try:
+        engine = AsyncEngine(Engine(engine_config))  # load the model before joining any group
+    except (ValueError, OSError) as exc:  # unsupported architecture, missing files, …
+        log.error("worker cannot load model %s: %s", engine_config.model, exc)
+        return 1
     return asyncio.run(_run_until_signal(worker_config, engine, kafka, on_ready))
 
 
