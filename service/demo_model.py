@@ -156,11 +156,13 @@ def train_demo_model(
     warmup = 50
     model.train()
     started = time.monotonic()
-    step, epoch, loss_ema = 0, 0, None
+    step, epochs, loss_ema = 0, 0.0, None
     while time.monotonic() - started < config.train_seconds:
-        for indices in make_batches(encoded, config.batch_size, rng):
+        batches = make_batches(encoded, config.batch_size, rng)
+        for done, indices in enumerate(batches):
             elapsed = time.monotonic() - started
             if elapsed >= config.train_seconds:
+                epochs += done / len(batches)
                 break
             # linear warm-up, then cosine decay over the wall-clock budget
             progress = elapsed / config.train_seconds
@@ -177,10 +179,11 @@ def train_demo_model(
             step += 1
             if step % 50 == 0:
                 log(
-                    f"step {step} epoch {epoch} loss {loss_ema:.3f} "
+                    f"step {step} epoch {int(epochs)} loss {loss_ema:.3f} "
                     f"({time.monotonic() - started:.0f}s)"
                 )
-        epoch += 1
+        else:
+            epochs += 1
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
@@ -194,7 +197,7 @@ def train_demo_model(
     ).save_pretrained(out_dir)
     summary = {
         "steps": step,
-        "epochs": epoch,
+        "epochs": round(epochs, 2),
         "final_loss": loss_ema,
         "seconds": round(time.monotonic() - started, 1),
     }

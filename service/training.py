@@ -48,6 +48,7 @@ def demo_model_main(argv: list[str]) -> int:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--init", type=Path, default=None, help="continue training this model")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     config = DemoModelConfig(
         vocab_size=args.vocab_size,
@@ -59,6 +60,7 @@ def demo_model_main(argv: list[str]) -> int:
         train_seconds=args.seconds,
         threads=args.threads,
         learning_rate=args.learning_rate,
+        seed=args.seed,
     )
     log = functools.partial(print, flush=True)
     summary = train_demo_model(load_examples(args.data), args.out, config, args.init, log)
@@ -181,7 +183,8 @@ def bench_main(argv: list[str]) -> int:
     prompts = [prompts[i % len(prompts)] for i in range(args.requests)]
     inputs = [PredictionInput(prompt, (), 1024) for prompt in prompts]
     predictor = load_default_predictor()
-    binner = AdaptiveBinner(BinBoundaries.equal_mass([16, 32, 64, 128], 4))
+    trained_edges = getattr(predictor, "model", None) and predictor.model.info.get("bin_edges")
+    binner = AdaptiveBinner(BinBoundaries(tuple(trained_edges or (32, 64, 128))))
     predictor.predict(inputs[: args.batch])  # warm-up (allocations, power tables)
     timings = []
     for _ in range(args.repeats):
