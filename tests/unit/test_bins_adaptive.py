@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from binbaton.service.bins import (
     AdaptiveBinner,
     AdaptiveBinnerConfig,

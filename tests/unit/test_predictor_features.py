@@ -1,7 +1,6 @@
 """Hashed prompt features: stable, per-text, batch-independent."""
 
 import numpy as np
-
 from binbaton.service.features import NUM_DENSE, FeatureConfig, Featurizer
 
 

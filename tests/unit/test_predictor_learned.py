@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from binbaton.service.features import FeatureConfig, Featurizer
 from binbaton.service.learned import LearnedPredictor, LengthModel, fit_ridge
 from binbaton.service.predictor import (
@@ -160,5 +159,7 @@ def test_committed_model_loads_by_default_and_is_small():
     json.dumps(info)
     tool = "Use the Calculator API to find 12 times 34. Input: 12 * 34"
     story = "Imagine you are Sherlock Holmes. Describe to Watson how you solved your latest case."
-    short, long = predictor.predict([PredictionInput(tool, (), 1024), PredictionInput(story, (), 1024)])
+    short, long = predictor.predict(
+        [PredictionInput(tool, (), 1024), PredictionInput(story, (), 1024)]
+    )
     assert short < long
