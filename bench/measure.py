@@ -40,6 +40,7 @@ class Measurement:
             extra={
                 "elapsed_s": round(self.elapsed_s, 3),
                 "completed": completed,
+                "output_tokens": self.output_tokens,
                 "failed": self.failed,
                 **self.extra,
                 **extra,

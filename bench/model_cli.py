@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             "gain_vs_first": round(sim.requests_per_step / base, 4),
             "batches": sim.num_batches,
         }
-        if uniform:
+        if uniform and args.arrival == "saturate":  # the closed form is the saturated rate
             closed = closed_form_throughput(args.batch, k, args.l_min, args.l_max)
             mean = (args.l_min + args.l_max) / 2
             extra["closed_form_requests_per_s"] = round(closed * 1000 / ms, 6)
@@ -141,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
     for row in result.rows:
         print(
             f"{row.label:40s} {row.requests_per_s:10.5f} req/s  "
-            f"gain {row.extra['gain_vs_first']:.3f}"
+            f"gain {row.extra['gain_vs_first']:.3f}  latency p50 {row.latency_ms.p50:.4g} ms"
             + (
                 f"  sim/closed {row.extra['sim_over_closed_form']:.4f}"
                 if "sim_over_closed_form" in row.extra

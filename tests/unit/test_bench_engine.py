@@ -50,6 +50,7 @@ def test_engine_bench_writes_every_system_in_the_design_format(tiny_llama_dir, t
         assert row.keys() >= ROW_FIELDS
         assert row["batch"] == 3 and row["completed"] == 6 and row["failed"] == 0
         assert "output_tokens_mismatch" not in row  # every system produced the forced lengths
+        assert row["output_tokens"] == expected_tokens
         produced = row["output_tokens_per_s"] * row["elapsed_s"]
         assert produced == pytest.approx(expected_tokens, rel=0.01)
         assert 0 < row["ttft_ms"]["p50"] <= row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
