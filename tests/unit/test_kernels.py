@@ -21,8 +21,11 @@ pytest.importorskip("triton")
 
 
 def _load_checks():
+    name = "binbaton_kernel_checks"
+    if name in sys.modules:
+        return sys.modules[name]
     path = Path(__file__).resolve().parents[1] / "gpu" / "kernel_checks.py"
-    spec = importlib.util.spec_from_file_location("binbaton_kernel_checks", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
@@ -122,6 +125,31 @@ def test_rope_store_kv(case, q_heads):
 @pytest.mark.parametrize("case", NORM_CASES, ids=str)
 def test_rms_norm(case):
     kc.check_rms_norm(case, "cpu")
+
+
+def test_rope_store_kv_matches_the_engine_rotary_exactly():
+    """Float32: the fused kernel rotates bit for bit like the engine's Rotary module, so
+    the engine can adopt it (cos/sin = rotary.cos/rotary.sin, positions = batch.positions)."""
+    from binbaton.kernels import triton_ops
+    from binbaton.workers.engine.model import Rotary
+
+    head_dim, max_len = 64, 300
+    inv_freq = 1.0 / 1e6 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    rotary = Rotary(inv_freq, attention_scaling=1.0, max_len=max_len)
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(19, 8, head_dim, generator=gen)
+    k = torch.randn(19, 2, head_dim, generator=gen)
+    v = torch.randn(19, 2, head_dim, generator=gen)
+    positions = torch.randint(0, max_len, (19,), generator=gen)
+    q_engine, k_engine = rotary(positions, q, k)
+    k_cache = torch.full((4, 8, 2, head_dim), float("nan"))
+    v_cache = torch.full_like(k_cache, float("nan"))
+    slots = torch.randperm(32, generator=gen)[:19]
+    triton_ops.rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, rotary.cos,
+                             rotary.sin)
+    assert torch.equal(q, q_engine) and torch.equal(k, k_engine)
+    assert torch.equal(k_cache.view(-1, 2, head_dim)[slots], k_engine)
+    assert torch.equal(v_cache.view(-1, 2, head_dim)[slots], v)
 
 
 def test_decode_split_heuristic():
