@@ -4,6 +4,8 @@
     binbaton train-predictor demo-model [--data FILE] [--out DIR] [--seconds N]
     binbaton train-predictor demo-eval [--model DIR] [--per-source N]
     binbaton train-predictor bench-predict [--data FILE] [--requests N]
+    binbaton train-predictor held-out > requests.jsonl   # then: binbaton predict < … > preds
+    binbaton train-predictor score preds.jsonl [--model DIR]
 
 Lengths are counted in tokens of the served model's tokenizer (``--model``/``--tokenizer``;
 default: the committed demo model). The held-out split is fixed (``corpus.is_held_out``).
@@ -234,10 +236,57 @@ def demo_eval_main(argv: list[str]) -> int:
     return 0
 
 
+def held_out_main(argv: list[str]) -> int:
+    """Write the held-out prompts as Request JSON lines (for ``binbaton predict``)."""
+    parser = argparse.ArgumentParser(prog="binbaton train-predictor held-out")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    args = parser.parse_args(argv)
+    _, held_out = split_examples(load_examples(args.data))
+    for index, example in enumerate(held_out):
+        request = {"id": f"held-{index}", "prompt": example.prompt, "max_tokens": args.max_tokens}
+        sys.stdout.write(json.dumps(request) + "\n")
+    return 0
+
+
+def score_main(argv: list[str]) -> int:
+    """Metrics of ``binbaton predict`` output on the held-out requests (joined by id)."""
+    parser = argparse.ArgumentParser(prog="binbaton train-predictor score")
+    parser.add_argument("predictions", type=Path, help="binbaton predict output (JSON lines)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR, help="its tokenizer")
+    parser.add_argument("--bins", type=int, default=4)
+    args = parser.parse_args(argv)
+    train, held_out = split_examples(load_examples(args.data))
+    count = length_counter(args.model)
+    boundaries = BinBoundaries.equal_mass(count([ex.response for ex in train]).tolist(), args.bins)
+    actual = count([ex.response for ex in held_out])
+    rows = [json.loads(line) for line in args.predictions.read_text().splitlines() if line]
+    predicted = {row["id"]: row for row in rows if "predicted_tokens" in row}
+    missing = [i for i in range(len(held_out)) if f"held-{i}" not in predicted]
+    if missing:
+        raise SystemExit(f"{len(missing)} held-out requests have no prediction (e.g. {missing[0]})")
+    tokens = np.array([predicted[f"held-{i}"]["predicted_tokens"] for i in range(len(held_out))])
+    bins = np.array([predicted[f"held-{i}"]["bin"] for i in range(len(held_out))])
+    actual_bins = np.array([boundaries.bin_of(int(a)) for a in actual])
+    report = {
+        "held_out_examples": len(held_out),
+        "bin_edges": list(boundaries.edges),
+        **evaluate(tokens, actual, boundaries),
+        "bin_accuracy_of_predict_bins": round(float((bins == actual_bins).mean()), 4),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo-model":
         return demo_model_main(argv[1:])
+    if argv and argv[0] == "held-out":
+        return held_out_main(argv[1:])
+    if argv and argv[0] == "score":
+        return score_main(argv[1:])
     if argv and argv[0] == "demo-eval":
         return demo_eval_main(argv[1:])
     if argv and argv[0] == "bench-predict":
