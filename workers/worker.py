@@ -101,6 +101,7 @@ class BinConsumer(ConsumerRebalanceListener):
         self.tracker = OffsetTracker()
         self.joined = asyncio.Event()
         self.pauses = 0  # times this consumer paused its partitions because the worker was full
+        self.repauses = 0  # ... of which right after a rebalance assigned partitions
         self._commit_lock = asyncio.Lock()
         self._last_commit = time.monotonic()
 
@@ -114,6 +115,7 @@ class BinConsumer(ConsumerRebalanceListener):
         if self.worker.is_full() and assigned:
             self.consumer.pause(*assigned)
             self.pauses += 1
+            self.repauses += 1
         self.joined.set()
         log.info("bin %d: assigned %s", self.bin, sorted(assigned))
 

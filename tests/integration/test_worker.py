@@ -25,8 +25,8 @@ from binbaton.workers.config import WorkerConfig
 from binbaton.workers.engine.async_engine import AsyncEngine
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.engine import Engine
-from binbaton.workers.engine.request import GenerationRequest, SamplingParams
-from binbaton.workers.worker import Worker
+from binbaton.workers.engine.request import GenerationOutput, GenerationRequest, SamplingParams
+from binbaton.workers.worker import EngineService, Worker
 
 pytestmark = pytest.mark.broker
 
@@ -152,17 +152,16 @@ async def committed_and_end(bootstrap: str, group: str, topic: str,
         await consumer.stop()
 
 
-def make_engine(model_dir: Path, max_batch: int = 8) -> Engine:
-    return Engine(EngineConfig(model=str(model_dir), device="cpu", dtype="float32",
-                               max_batch=max_batch))
+def make_engine(model_dir: Path) -> Engine:
+    return Engine(EngineConfig(model=str(model_dir), device="cpu", dtype="float32", max_batch=8))
 
 
 @contextlib.asynccontextmanager
-async def running_worker(config: WorkerConfig, bootstrap: str,
-                         model_dir: Path, max_batch: int = 8) -> AsyncIterator[Worker]:
+async def running_worker(config: WorkerConfig, bootstrap: str, model_dir: Path,
+                         engine: EngineService | None = None) -> AsyncIterator[Worker]:
     ready, stop = asyncio.Event(), asyncio.Event()
-    worker = Worker(config, kafka_config(bootstrap), AsyncEngine(make_engine(model_dir, max_batch)),
-                    on_ready=ready.set)
+    engine = engine or AsyncEngine(make_engine(model_dir))
+    worker = Worker(config, kafka_config(bootstrap), engine, on_ready=ready.set)
     task = asyncio.create_task(worker.run(stop))
     ready_wait = asyncio.create_task(ready.wait())
     await asyncio.wait([task, ready_wait], timeout=30, return_when=asyncio.FIRST_COMPLETED)
@@ -173,6 +172,38 @@ async def running_worker(config: WorkerConfig, bootstrap: str,
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 30) == 0
+
+
+class GatedEngine:
+    """The real AsyncEngine, whose outputs are held back until ``gate`` opens: a worker
+    that stays full for as long as a test needs."""
+
+    def __init__(self, inner: AsyncEngine) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        self.gate.set()
+        await self.inner.stop(timeout)
+
+    def submit(self, request: GenerationRequest) -> asyncio.Future[GenerationOutput]:
+        output = self.inner.submit(request)
+
+        async def held() -> GenerationOutput:
+            await self.gate.wait()
+            return await output
+
+        return asyncio.ensure_future(held())
+
+
+async def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 def prompt_ids(i: int, length: int = 5) -> list[int]:
@@ -241,7 +272,7 @@ async def test_worker_serves_bins_publishes_results_and_commits(
         assert committed == ends, f"bin {bin}: committed {committed}, end {ends}"
 
 
-async def test_full_worker_pauses_and_still_serves_everything(
+async def test_full_worker_pauses_re_pauses_after_rebalance_and_serves_everything(
     broker: str, unique_prefix: str, create_topics, tiny_llama_dir: Path
 ):
     topics = TopicsConfig(prefix=unique_prefix, num_bins=1, bin_partitions=2)
@@ -249,29 +280,41 @@ async def test_full_worker_pauses_and_still_serves_everything(
     requests = [binned(f"q{i}", 0, prompt_ids(i), max_tokens=4 + i % 5) for i in range(12)]
     await produce_binned(broker, topics, requests)
 
-    config = WorkerConfig(bins=(0,), topic_prefix=unique_prefix, max_in_flight=2,
-                          max_poll_records=8, commit_interval_s=0.2)
+    config = WorkerConfig(bins=(0,), topic_prefix=unique_prefix, worker_id="full",
+                          max_in_flight=2, max_poll_records=8, commit_interval_s=0.2)
+    gated = GatedEngine(AsyncEngine(make_engine(tiny_llama_dir)))
     most_in_flight = 0
     async with (
         ResultLog(broker, topics.results) as log,
-        running_worker(config, broker, tiny_llama_dir) as worker,
+        running_worker(config, broker, tiny_llama_dir, gated) as worker,
     ):
         async def watch() -> None:
             nonlocal most_in_flight
             while True:
-                most_in_flight = max(most_in_flight, worker.in_flight, worker.engine.num_pending)
+                most_in_flight = max(most_in_flight, worker.in_flight)
                 await asyncio.sleep(0)
 
         watcher = asyncio.create_task(watch())
-        await log.wait_for({r.request.id for r in requests}, timeout=60)
+        consumer = worker._consumers[0]
+        await wait_until(lambda: consumer.pauses >= 1, 20, "the full worker to pause")
+        assert consumer.consumer.paused() == consumer.consumer.assignment()
+        # A second member joins: the group rebalances while the first worker is full.
+        other = WorkerConfig(bins=(0,), topic_prefix=unique_prefix, worker_id="other",
+                             commit_interval_s=0.2)
+        async with running_worker(other, broker, tiny_llama_dir):
+            await wait_until(lambda: consumer.repauses >= 1, 20, "a re-pause")
+            assert consumer.consumer.paused() == consumer.consumer.assignment()
+            assert worker.in_flight == 2
+            gated.gate.set()
+            await log.wait_for({r.request.id for r in requests}, timeout=60)
+            await asyncio.sleep(0.5)
         watcher.cancel()
-        await asyncio.sleep(0.5)
-        pauses = worker._consumers[0].pauses
 
     assert most_in_flight == 2
-    assert pauses >= 1
-    assert all(len(results) == 1 and results[0].status == "ok"
-               for results in log.by_id().values())
+    by_id = log.by_id()
+    assert all(result.status == "ok" for results in by_id.values() for result in results)
+    assert {result.worker for results in by_id.values() for result in results} == {
+        "full", "other"}
     committed, ends = await committed_and_end(broker, config.group_id(0), topics.bin(0),
                                               len(requests))
     assert committed == ends
