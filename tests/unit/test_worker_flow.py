@@ -243,3 +243,38 @@ async def test_unexpected_error_answers_the_request_and_keeps_commits_moving(mon
     assert sent == {("p.dlq", b"a"), ("p.results", b"a")}
     await bin_consumer.commit()
     assert consumer.commits == [{TP0: 1}]
+
+
+async def test_drain_waits_for_in_flight_then_commits():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a"), record(TP0, 1, "b")]})
+    await settle()
+    asyncio.get_running_loop().call_later(0.05, engine.finish, "a")
+    asyncio.get_running_loop().call_later(0.1, engine.finish, "b")
+    await worker._drain()
+    assert consumer.commits == [{TP0: 2}]
+    assert worker.in_flight == 0
+
+
+async def test_drain_timeout_leaves_unfinished_uncommitted():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    worker.config = WorkerConfig(bins=(0,), topic_prefix="p", drain_timeout_s=0.1)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a"), record(TP0, 1, "b")]})
+    await settle()
+    engine.finish("b")
+    started = asyncio.get_running_loop().time()
+    await worker._drain()
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert consumer.commits == [{TP0: 0}]  # "a" never finished: redelivered to the next owner
+    assert worker.in_flight == 0  # its task was cancelled
+
+
+async def test_second_signal_skips_the_drain():
+    worker, bin_consumer, consumer, _ = make_worker(max_in_flight=8)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a")]})
+    await settle()
+    worker._abort.set()
+    started = asyncio.get_running_loop().time()
+    await worker._drain()  # drain_timeout_s is 30 s
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert consumer.commits == [{TP0: 0}]
