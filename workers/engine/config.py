@@ -17,9 +17,11 @@ class EngineConfig:
     policy: str = "multibin-insert"
     max_batch: int = 16  # running sequences at most (all bins together)
     # KV cache budget: give at most one. With neither, the budget is max_batch sequences of
-    # max_model_len tokens each (every admitted request can always run to its limit).
+    # max_model_len tokens each (every admitted request can always run to its limit), capped
+    # on CUDA at kv_memory_fraction of the device memory still free after loading weights.
     kv_budget_tokens: int | None = None
     kv_budget_bytes: int | None = None
+    kv_memory_fraction: float = 0.9
     block_size: int = 16  # tokens per KV cache block
     max_model_len: int | None = None  # cap on the model's context (None: the model's own)
     max_prefill_tokens: int | None = None  # prompt tokens prefilled per step (None: no cap)
@@ -52,6 +54,8 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0 < self.kv_memory_fraction <= 1:
+            raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}")
         for name in ("bin_max_batch", "bin_reserved_tokens"):
             values = getattr(self, name)
             if values is None:

@@ -39,11 +39,9 @@ class Engine:
         shape = loaded.shape
         dtype = DTYPES[config.dtype]
         token_bytes = bytes_per_token(shape.num_layers, shape.num_kv_heads, shape.head_dim, dtype)
-        budget_tokens = config.kv_budget_tokens
-        if budget_tokens is None and config.kv_budget_bytes is None:
-            budget_tokens = config.max_batch * self.max_model_len
         num_blocks = blocks_from_budget(
-            budget_tokens, config.kv_budget_bytes, config.block_size, token_bytes
+            self._budget_tokens(token_bytes), config.kv_budget_bytes, config.block_size,
+            token_bytes,
         )
         self.cache = KVCache(shape.num_layers, num_blocks, config.block_size,
                              shape.num_kv_heads, shape.head_dim, dtype, self.device)
@@ -98,6 +96,17 @@ class Engine:
         return [done[i] for i in ids]
 
     # ---- admission and checks ---------------------------------------------------------
+
+    def _budget_tokens(self, token_bytes: int) -> int | None:
+        """The configured token budget, or the default when no budget is configured."""
+        config = self.config
+        if config.kv_budget_tokens is not None or config.kv_budget_bytes is not None:
+            return config.kv_budget_tokens
+        tokens = config.max_batch * self.max_model_len
+        if self.device.type == "cuda":
+            free_bytes, _ = torch.cuda.mem_get_info(self.device)
+            tokens = min(tokens, int(free_bytes * config.kv_memory_fraction) // token_bytes)
+        return tokens
 
     def _check(self, request: GenerationRequest) -> tuple[str, str] | None:
         prompt_len = len(request.prompt_token_ids)
