@@ -87,7 +87,7 @@ def parse_systems(text: str) -> list[SystemSpec]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help=f"checkpoint dir or {sorted(PRESETS)}")
     parser.add_argument("--workload", choices=WORKLOADS, default="azure")
-    parser.add_argument("--requests", type=int, default=None, help="azure: 128, uniform: 256")
+    parser.add_argument("--requests", type=int, default=None, help="default 128, uniform: 256")
     parser.add_argument("--scale", type=float, default=8.0, help="azure: divide lengths by this")
     parser.add_argument("--trace", type=Path, default=AZURE_CSV)
     parser.add_argument("--lo", type=int, default=100, help="uniform: shortest length")
@@ -153,9 +153,11 @@ def run_engine(
     desc: str,
 ) -> Measurement:
     engine.generate([_warmup_request(requests[0])])
-    steps_before = engine.stats.steps
+    before = engine.stats
+    steps_before, prefill_before, decode_before = before.steps, before.prefill_s, before.decode_s
     memory.reset()
     t0 = time.time()
+    cpu0 = time.process_time()
     for request in requests:
         engine.add(request)
     outputs = []
@@ -165,6 +167,7 @@ def run_engine(
             outputs.extend(finished)
             bar.update(len(finished))
     elapsed = time.time() - t0
+    cpu_s = time.process_time() - cpu0
     ok = [o for o in outputs if o.ok]
     kv_bytes = sum(t.numel() * t.element_size() for t in (*engine.cache.k, *engine.cache.v))
     return Measurement(
@@ -174,8 +177,11 @@ def run_engine(
         latency_s=[o.finished_at - t0 for o in ok],
         peak_memory_mb=memory.peak_mb(),
         failed=len(requests) - len(ok),
+        cpu_s=cpu_s,
         extra={
             "steps": engine.stats.steps - steps_before,
+            "prefill_s": round(engine.stats.prefill_s - prefill_before, 3),
+            "decode_s": round(engine.stats.decode_s - decode_before, 3),
             "preempted": engine.stats.preempted,
             "kv_cache_mb": round(kv_bytes / 2**20, 2),
         },
@@ -270,10 +276,10 @@ def run(args: argparse.Namespace) -> BenchResult:
     path = prepare_checkpoint(args.model)
     model_info = describe_checkpoint(path, preset)
     context = int(model_info.get("max_position_embeddings", 2048))
-    num = args.requests or (128 if args.workload == "azure" else 256)
+    num = args.requests or (256 if args.workload == "uniform" else 128)
     workload = build_workload(
         args.workload, num, int(model_info["vocab_size"]), context, args.seed, args.scale,
-        args.lo, args.hi, args.trace,
+        args.lo, args.hi, args.trace, tokenizer=_tokenizer(path, args.workload),
     )
     max_len = max(len(r.prompt_token_ids) + r.output_tokens for r in workload.requests)
     predictions = {ORACLE: predict_lengths(workload.requests, None, workload.max_output)}
@@ -313,6 +319,14 @@ def run(args: argparse.Namespace) -> BenchResult:
         rows=tuple(rows),
         notes=notes,
     )
+
+
+def _tokenizer(path: Path, workload: str) -> Any:
+    if workload != "instructions":
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
 
 
 def _transformers_version() -> str:

@@ -57,6 +57,7 @@ def run_generate(
     ttft: list[float] = []
     latency: list[float] = []
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     bar = tqdm(total=len(requests), desc="hf-generate", unit="req", disable=not progress)
     for start in range(0, len(requests), batch):
         group = requests[start : start + batch]
@@ -90,6 +91,7 @@ def run_generate(
         ttft_s=ttft,
         latency_s=latency,
         peak_memory_mb=memory.peak_mb(),
+        cpu_s=time.process_time() - cpu0,
     )
 
 
@@ -133,6 +135,7 @@ def run_continuous(
         _warm_up(manager, requests[0], accepts)
         memory.reset()
         t0 = time.perf_counter()
+        cpu0 = time.process_time()  # every thread of the process, the manager's included
         for req in requests:
             kwargs: dict[str, Any] = {"request_id": req.id, "max_new_tokens": req.output_tokens}
             if "record_timestamps" in accepts:
@@ -142,6 +145,7 @@ def run_continuous(
             manager.add_request(list(req.prompt_token_ids), **kwargs)
         results = _collect(manager, {r.id for r in requests}, progress, timeout_s)
         elapsed = time.perf_counter() - t0
+        cpu_s = time.process_time() - cpu0
     finally:
         manager.stop(block=True, timeout=10)
     ttft, latency, tokens, failed = [], [], 0, 0
@@ -160,6 +164,7 @@ def run_continuous(
         latency_s=latency,
         peak_memory_mb=memory.peak_mb(),
         failed=failed + len(requests) - len(results),
+        cpu_s=cpu_s,
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from binbaton.bench.workload import BenchRequest
+from binbaton.service import predictor as predictor_module
 from binbaton.service.bins import BinBoundaries
 from binbaton.service.predictor import (
     LengthPredictor,
@@ -25,17 +26,16 @@ PREDICTOR_NAMES = ("oracle", "max_tokens", "learned", "module:attribute")
 
 
 def make_predictor(name: str, path: Path | None = None) -> LengthPredictor:
-    """'oracle', 'max_tokens', 'learned' (service/learned.py, from ``path``) or 'module:attr'."""
+    """The service's predictor registry by name ('learned' reads ``path`` or the shipped
+    artifact), or 'module:attr' for any other LengthPredictor factory."""
+    if ":" not in name:
+        registry = getattr(predictor_module, "make_predictor", None)
+        if registry is not None:
+            return registry(name, artifact=path)
     if name == "oracle":
         return OraclePredictor()
     if name == "max_tokens":
         return MaxTokensPredictor()
-    if name == "learned":
-        learned = importlib.import_module("binbaton.service.learned")
-        create = getattr(learned, "create_predictor", None)
-        if create is None:
-            raise ValueError("binbaton.service.learned has no create_predictor(path) yet")
-        return create(path)
     if ":" in name:
         module, _, attr = name.partition(":")
         factory = getattr(importlib.import_module(module), attr)
@@ -50,7 +50,7 @@ def predict_lengths(
     if predictor is None:
         return [r.output_tokens for r in requests]
     inputs = [
-        PredictionInput(prompt=None, prompt_token_ids=r.prompt_token_ids, max_tokens=max_tokens)
+        PredictionInput(prompt=r.prompt, prompt_token_ids=r.prompt_token_ids, max_tokens=max_tokens)
         for r in requests
     ]
     predicted = predictor.predict(inputs)

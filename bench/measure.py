@@ -19,6 +19,9 @@ class Measurement:
     latency_s: list[float]
     peak_memory_mb: float | None
     failed: int = 0  # requests that came back with an error
+    # CPU seconds the measured processes spent (all threads): robust where other work
+    # shares the cores, unlike wall time.
+    cpu_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -38,11 +41,20 @@ class Measurement:
             latency_ms=Percentiles.of([t * 1000 for t in self.latency_s]),
             peak_memory_mb=self.peak_memory_mb,
             extra={
-                "elapsed_s": round(self.elapsed_s, 3),
+                "elapsed_s": round(self.elapsed_s, 6),
                 "completed": completed,
                 "output_tokens": self.output_tokens,
+                **self._cpu_fields(),
                 "failed": self.failed,
                 **self.extra,
                 **extra,
             },
         )
+
+    def _cpu_fields(self) -> dict[str, float]:
+        if not self.cpu_s:
+            return {}
+        return {
+            "cpu_s": round(self.cpu_s, 3),
+            "output_tokens_per_cpu_s": round(self.output_tokens / self.cpu_s, 3),
+        }

@@ -107,6 +107,15 @@ class Service:
                     frontier += [int(c) for c in (task / "children").read_text().split()]
         return found
 
+    def cpu_seconds(self) -> float:
+        """utime + stime of the service's processes (all threads), from /proc/<pid>/stat."""
+        ticks = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def reset_peak_memory(self) -> None:
         for pid in self.pids():
             with contextlib.suppress(OSError):
@@ -187,11 +196,13 @@ async def through_kafka(
         await produce(kafka, requests_topic, [request_message(kafka_request(warm))])
         await _wait_for(follower, {"warmup"}, False, timeout)
         service.reset_peak_memory()
+        cpu0 = service.cpu_seconds()
         t0 = time.time()
         messages = [request_message(kafka_request(r)) for r in requests]
         await produce(kafka, requests_topic, messages)
         results = await _wait_for(follower, {r.id for r in requests}, progress, timeout)
         elapsed = time.time() - t0
+        cpu_s = service.cpu_seconds() - cpu0
     ok = [r for r in results.values() if r.status == "ok"]
     return Measurement(
         elapsed_s=elapsed,
@@ -200,6 +211,7 @@ async def through_kafka(
         latency_s=[r.timings.finished / 1000 - t0 for r in ok if r.timings.finished],
         peak_memory_mb=service.peak_memory_mb(),
         failed=len(requests) - len(ok),
+        cpu_s=cpu_s,
         extra={"latency_clock": "service timings (unix ms) minus the client's t0"},
     )
 

@@ -80,7 +80,7 @@ class Row:
             "policy": self.policy,
             "bins": self.bins,
             "batch": self.batch,
-            "output_tokens_per_s": round(self.output_tokens_per_s, 3),
+            "output_tokens_per_s": round(self.output_tokens_per_s, 4),
             "requests_per_s": round(self.requests_per_s, 4),
             "ttft_ms": self.ttft_ms.to_json(),
             "latency_ms": self.latency_ms.to_json(),

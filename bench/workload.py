@@ -3,6 +3,9 @@
 - ``azure``: (ContextTokens, GeneratedTokens) pairs sampled from the Azure LLM inference
   trace 2023 (conversation), each divided by ``scale`` (a CPU cannot decode the full
   lengths in minutes; ``scale`` is recorded in the results) and clipped to the context.
+- ``instructions``: prompts from the instruction/response corpus (GSM8K, GPTeacher), each
+  output forced to its reference response's length in the model's tokenizer divided by
+  ``scale``: the workload where a text-based length predictor has something to read.
 - ``uniform``: prompt and output lengths uniform in [lo, hi] (default [100, 1024], 256
   requests: the common offline throughput benchmark vLLM/nano-vllm report).
 
@@ -13,6 +16,7 @@ length (ignore_eos with max_tokens = target), the standard way to benchmark thro
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,8 @@ import numpy as np
 from binbaton.bench.results import length_stats
 
 AZURE_CSV = Path("/work/shared/data/azure_llm_2023_conv.csv")
-WORKLOADS = ("azure", "uniform")
+INSTRUCTIONS_JSONL = Path("/work/shared/data/instructions.jsonl")
+WORKLOADS = ("azure", "uniform", "instructions")
 FIRST_PLAIN_TOKEN = 3  # ids 0/1/2 are pad/bos/eos in the tiny checkpoints
 
 
@@ -30,6 +35,7 @@ class BenchRequest:
     id: str
     prompt_token_ids: tuple[int, ...]
     output_tokens: int  # target (forced) output length
+    prompt: str | None = None  # the prompt text, where the workload has one
 
 
 @dataclass(frozen=True)
@@ -106,9 +112,12 @@ def build_workload(
     lo: int = 100,
     hi: int = 1024,
     trace: Path = AZURE_CSV,
+    tokenizer: Any = None,
 ) -> Workload:
     if num < 1:
         raise ValueError(f"need at least one request, got {num}")
+    if name == "instructions":
+        return instructions_workload(num, scale, max_len, seed, tokenizer)
     if name == "azure":
         prompts, outputs = azure_lengths(num, scale, max_len, seed, trace)
         params: dict[str, Any] = {"source": trace.name, "scale": scale, "seed": seed}
@@ -131,3 +140,30 @@ def build_workload(
         for i, (p, o) in enumerate(zip(prompts, outputs, strict=True))
     )
     return Workload(name, requests, params)
+
+
+def instructions_workload(
+    num: int, scale: float, max_len: int, seed: int, tokenizer: Any,
+    path: Path = INSTRUCTIONS_JSONL,
+) -> Workload:
+    """``num`` corpus entries: prompt tokens from the text, output = response tokens / scale."""
+    if tokenizer is None:
+        raise ValueError("the instructions workload needs the model's tokenizer")
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    with path.open() as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    pick = np.random.default_rng(seed).choice(len(entries), size=num, replace=num > len(entries))
+    requests = []
+    for i, index in enumerate(pick):
+        entry = entries[int(index)]
+        prompt_ids = tokenizer(entry["prompt"], add_special_tokens=False)["input_ids"]
+        response_len = len(tokenizer(entry["response"], add_special_tokens=False)["input_ids"])
+        output = max(1, round(response_len / scale))
+        prompt_ids = prompt_ids[: max(1, max_len - output)] or [FIRST_PLAIN_TOKEN]
+        requests.append(
+            BenchRequest(f"instructions-{i}", tuple(prompt_ids), output, prompt=entry["prompt"])
+        )
+    params = {"source": path.name, "scale": scale, "seed": seed,
+              "output_lengths": "reference response tokens (model tokenizer) / scale"}
+    return Workload("instructions", tuple(requests), params)
