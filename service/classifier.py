@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from binbaton.schemas import (
     BinnedRequest,
+    DeadLetter,
     ErrorInfo,
     InvalidMessage,
     Request,
@@ -37,10 +39,13 @@ from binbaton.schemas import (
     now_ms,
     recover_id,
 )
+from binbaton.service import tracing
 from binbaton.service.bins import AdaptiveBinner, BinBoundaries, FixedBinner
 from binbaton.service.config import ClassifierConfig, ConfigError, KafkaConfig, TopicsConfig
 from binbaton.service.predictor import DEFAULT_ARTIFACT, LengthPredictor, PredictionInput
 from binbaton.service.predictor import make_predictor as predictor_registry
+from binbaton.service.tracing import CLASSIFIER_SERVICE, StageTimer, Telemetry, mark_error
+from opentelemetry.trace import Span
 
 Binner = FixedBinner | AdaptiveBinner
 
@@ -147,21 +152,30 @@ class Router:
     def num_bins(self) -> int:
         return self.binner.num_bins
 
-    def decide(self, requests: Sequence[Request]) -> list[Decision | InvalidMessage]:
-        """One outcome per request, in order: a Decision, or why it cannot be served."""
-        token_ids = self._tokenize(requests)
+    def decide(
+        self, requests: Sequence[Request], timer: StageTimer | None = None
+    ) -> list[Decision | InvalidMessage]:
+        """One outcome per request, in order: a Decision, or why it cannot be served.
+
+        ``timer`` records the batch's tokenize/validate/predict/route stages (for tracing)."""
+        timer = timer or StageTimer()
+        with timer.measure("tokenize"):
+            token_ids = self._tokenize(requests)
         outcomes: list[Decision | InvalidMessage | None] = []
         valid: list[int] = []
-        for index, (request, ids) in enumerate(zip(requests, token_ids, strict=True)):
-            problem = self._check(request, ids)
-            outcomes.append(problem)
-            if problem is None:
-                valid.append(index)
-        features = [self._features(requests[i], token_ids[i]) for i in valid]
-        predicted = self.predictor.predict(features) if features else []
-        predicted = [max(1, min(int(p), requests[i].max_tokens))
-                     for i, p in zip(valid, predicted, strict=True)]
-        bins = self._assign(predicted)
+        with timer.measure("validate"):
+            for index, (request, ids) in enumerate(zip(requests, token_ids, strict=True)):
+                problem = self._check(request, ids)
+                outcomes.append(problem)
+                if problem is None:
+                    valid.append(index)
+        with timer.measure("predict"):
+            features = [self._features(requests[i], token_ids[i]) for i in valid]
+            predicted = self.predictor.predict(features) if features else []
+            predicted = [max(1, min(int(p), requests[i].max_tokens))
+                         for i, p in zip(valid, predicted, strict=True)]
+        with timer.measure("route"):
+            bins = self._assign(predicted)
         for index, item, tokens, bin in zip(valid, features, predicted, bins, strict=True):
             outcomes[index] = Decision(
                 request=requests[index],
@@ -288,6 +302,7 @@ class Classifier:
         topics: TopicsConfig,
         config: ClassifierConfig,
         router: Router | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if config.num_bins != topics.num_bins:
             raise ConfigError(f"{config.num_bins} bins from the edges {config.bin_edges}, "
@@ -298,6 +313,8 @@ class Classifier:
         self.router = router or Router.from_config(config)
         self.recent = RecentInputs(config.observe_cache)
         self.stats = ClassifierStats()
+        self.telemetry = telemetry or Telemetry.disabled(CLASSIFIER_SERVICE)
+        self._spans: dict[int, Span] = {}  # id(record) -> its `process` span, this batch
         self._batch_lock = asyncio.Lock()
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -375,10 +392,12 @@ class Classifier:
         except KafkaError as exc:
             # Nothing of this batch is committed: go back and route it again.
             log.warning("producing a batch failed (%s); routing it again", exc)
+            self._end_spans(exc)
             for tp, part in batches.items():
                 self._consumer.seek(tp, part[0].offset)
             await asyncio.sleep(0.5)
             return
+        self._end_spans()
         offsets = {tp: part[-1].offset + 1 for tp, part in batches.items()}
         try:
             await self._consumer.commit(offsets)
@@ -390,14 +409,24 @@ class Classifier:
     async def route(self, records: Sequence[ConsumerRecord]) -> list[asyncio.Future[Any]]:
         """Decide and send every record; returns the broker acknowledgements to await."""
         received = now_ms()
+        if self.telemetry.enabled:
+            start_ns = time.time_ns()
+            self._spans = {id(r): self.telemetry.start_process(
+                r, self.topics.classifier_group, start_ns=start_ns) for r in records}
         acks: list[asyncio.Future[Any]] = []
         requests: list[tuple[ConsumerRecord, Request]] = []
         for record in records:
             request = await self._decode(record, received, acks)
             if request is not None:
                 requests.append((record, request))
-        outcomes = self.router.decide([request for _, request in requests])
+        timer = StageTimer()
+        outcomes = self.router.decide([request for _, request in requests], timer)
         classified = now_ms()
+        for record, request in requests:
+            span = self._spans.get(id(record))
+            if span is not None:
+                self.telemetry.annotate(span, request)
+                self.telemetry.record_stages(span, timer, request.id)
         for (record, request), outcome in zip(requests, outcomes, strict=True):
             if isinstance(outcome, Decision):
                 acks.append(await self._send_binned(record, outcome, received, classified))
@@ -439,12 +468,31 @@ class Classifier:
         )
         self.recent.put(decision.request.id, decision.features)
         self.stats.routed += 1
-        return await self._producer.send(
-            self.topics.bin(decision.bin),
-            value=encode(message),
-            key=decision.request.id.encode(),
-            headers=_trace_headers(record),
-        )
+        return await self._send(record, self.topics.bin(decision.bin), message,
+                                decision.request.id.encode())
+
+    async def _send(
+        self, record: ConsumerRecord, topic: str, message: Any, key: bytes | None
+    ) -> asyncio.Future[Any]:
+        """Produce ``message``; with tracing, under a ``send`` span child of the record's
+        ``process`` span, else with the record's trace headers passed on unchanged."""
+        assert self._producer is not None
+        span = self._spans.get(id(record))
+        if span is None:
+            return await self._producer.send(topic, value=encode(message), key=key,
+                                             headers=_trace_headers(record))
+        described = None if isinstance(message, DeadLetter) else message  # no request fields
+        send = self.telemetry.start_send(topic, key, message=described, parent=span)
+        ack = await self._producer.send(topic, value=encode(message), key=key,
+                                        headers=send.headers)
+        return send.end_when(ack)
+
+    def _end_spans(self, error: BaseException | None = None) -> None:
+        for span in self._spans.values():
+            if error is not None:
+                mark_error(span, error)
+            span.end()
+        self._spans = {}
 
     async def _reject(
         self,
@@ -460,13 +508,17 @@ class Classifier:
         request_id = problem.request_id
         log.info("rejected %s at %s:%d@%d: %s", request_id, record.topic, record.partition,
                  record.offset, error.message)
+        span = self._spans.get(id(record))
+        if span is not None:
+            mark_error(span, error.code)
+            span.set_attribute(tracing.ERROR_CODE, error.code)
+            if request_id is not None:
+                span.set_attribute(tracing.REQUEST_ID, request_id)
         raw = (record.value or b"")[:DEAD_LETTER_RAW_LIMIT]
         letter = dead_letter(raw, error, record.topic, record.partition, record.offset,
                              request_id, stage="classifier")
         key = request_id.encode() if request_id else None
-        headers = _trace_headers(record)
-        acks.append(await self._producer.send(self.topics.dlq, value=encode(letter), key=key,
-                                              headers=headers))
+        acks.append(await self._send(record, self.topics.dlq, letter, key))
         if request_id is None:
             return
         result = error_result(
@@ -475,8 +527,7 @@ class Classifier:
             timings=Timings(received=received, finished=now_ms()),
             metadata=dict(request.metadata) if request is not None else {},
         )
-        acks.append(await self._producer.send(self.topics.results, value=encode(result),
-                                              key=key, headers=headers))
+        acks.append(await self._send(record, self.topics.results, result, key))
 
     # -- learning from actual lengths --
 
@@ -528,12 +579,24 @@ async def run_classifier(
     config: ClassifierConfig,
     stop: asyncio.Event,
     started: asyncio.Event | None = None,
+    tracing_config: tracing.TracingConfig | None = None,
 ) -> ClassifierStats:
-    """Create the topics (idempotent), load the tokenizer, classify until ``stop`` is set."""
+    """Create the topics (idempotent), load the tokenizer, classify until ``stop`` is set.
+
+    With ``tracing_config`` (enabled), spans go to the traces topic (and OTLP if set)."""
     from binbaton.service.topics import create_service_topics
 
     await create_service_topics(kafka.bootstrap_servers, topics)
     router = await asyncio.to_thread(Router.from_config, config)
-    classifier = Classifier(kafka, topics, config, router)
-    await classifier.run(stop, started)
+    telemetry = None
+    if tracing_config is not None and tracing_config.enabled:
+        telemetry = tracing.setup_tracing(CLASSIFIER_SERVICE, tracing_config,
+                                          bootstrap_servers=kafka.bootstrap_servers,
+                                          traces_topic=topics.traces, model=config.model)
+    classifier = Classifier(kafka, topics, config, router, telemetry)
+    try:
+        await classifier.run(stop, started)
+    finally:
+        if telemetry is not None:
+            await asyncio.to_thread(telemetry.shutdown)
     return classifier.stats

@@ -122,7 +122,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_classifier(args: argparse.Namespace) -> int:
     from binbaton.service.classifier import run_classifier
-    from binbaton.service.config import classifier_config, kafka_config, topics_config
+    from binbaton.service.config import (
+        classifier_config,
+        kafka_config,
+        topics_config,
+        tracing_config,
+    )
 
     values = _values(args)
     kafka = kafka_config(values, client_id="binbaton-classifier")
@@ -130,7 +135,8 @@ def cmd_classifier(args: argparse.Namespace) -> int:
 
     async def job(stop: asyncio.Event) -> int:
         started = asyncio.Event()
-        task = asyncio.create_task(run_classifier(kafka, topics, config, stop, started))
+        task = asyncio.create_task(run_classifier(kafka, topics, config, stop, started,
+                                                  tracing_config(values)))
         await asyncio.wait([task, asyncio.create_task(started.wait())],
                            return_when=asyncio.FIRST_COMPLETED)
         if started.is_set():
@@ -167,7 +173,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from binbaton.service import client
-    from binbaton.service.config import kafka_config
+    from binbaton.service.config import kafka_config, tracing_config
     from binbaton.service.workload import TRACE_SLICE, load_trace
 
     values = _values(args)
@@ -192,7 +198,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
             rows, length_scale=args.length_scale, time_scale=args.time_scale,
             max_tokens_cap=args.max_tokens_cap, context_cap=args.context_cap,
             ignore_eos=args.ignore_eos or args.trace is not None)
-    sent = asyncio.run(client.produce(kafka, topic, messages, paced=args.trace is not None))
+    sent = asyncio.run(client.produce(kafka, topic, messages, paced=args.trace is not None,
+                                      tracing_config=tracing_config(values)))
     for message in messages:
         print(message.key.decode() if message.key else "-")
     print(f"sent {sent} requests to {topic}", file=sys.stderr)

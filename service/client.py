@@ -11,7 +11,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -20,6 +20,7 @@ from aiokafka.structs import TopicPartition
 from binbaton.schemas import InvalidMessage, Request, Result, decode_result, encode, recover_id
 from binbaton.service.config import KafkaConfig
 from binbaton.service.topics import existing_partitions
+from binbaton.service.tracing import CLIENT_SERVICE, Telemetry, TracingConfig, setup_tracing
 from binbaton.service.workload import TraceRow, scale_length
 
 # Words for synthetic prompts of a given length (trace replay): common English, so any
@@ -103,13 +104,20 @@ async def produce(
     topic: str,
     messages: Iterable[Outgoing],
     paced: bool = False,
-    on_sent: object = None,
+    on_sent: Callable[[Outgoing], None] | None = None,
+    tracing_config: TracingConfig | None = None,
 ) -> int:
     """Send every message (at its ``at_s`` when ``paced``); waits for all acknowledgements.
 
-    ``on_sent`` (a callable taking the message) is called as each one is handed over.
+    ``on_sent`` is called as each message is handed over. With ``tracing_config``
+    (enabled), each message is the root span of its request's trace (``binbaton-client``).
     Returns the number sent.
     """
+    telemetry = Telemetry.disabled(CLIENT_SERVICE)
+    if tracing_config is not None and tracing_config.enabled:
+        telemetry = setup_tracing(CLIENT_SERVICE, tracing_config,
+                                  bootstrap_servers=kafka.bootstrap_servers,
+                                  traces_topic=topic.rsplit(".", 1)[0] + ".traces")
     producer = AIOKafkaProducer(**kafka.producer_kwargs("binbaton-client"))
     await producer.start()
     try:
@@ -120,13 +128,21 @@ async def produce(
                 delay = message.at_s - (time.monotonic() - start)
                 if delay > 0:
                     await asyncio.sleep(delay)
-            acks.append(await producer.send(topic, value=message.value, key=message.key))
-            if callable(on_sent):
+            if telemetry.enabled:
+                send = telemetry.start_send(topic, message.key, root=True)
+                ack = await producer.send(topic, value=message.value, key=message.key,
+                                          headers=send.headers)
+                acks.append(send.end_when(ack))
+            else:
+                acks.append(await producer.send(topic, value=message.value, key=message.key))
+            if on_sent is not None:
                 on_sent(message)
         await asyncio.gather(*acks)
         return len(acks)
     finally:
         await producer.stop()
+        if telemetry.enabled:
+            await asyncio.to_thread(telemetry.shutdown)
 
 
 async def wait_for_topic(bootstrap_servers: str, topic: str, timeout: float = 15.0) -> int:

@@ -155,13 +155,16 @@ FLAGS: dict[str, Flag] = {
         Flag("worker-id", non_empty, None, "worker: name written into results (host:pid)"),
         Flag("drain-timeout", positive_float, 30.0,
              "seconds to finish in-flight work on shutdown"),
+        Flag("tracing", boolean, True,
+             "OpenTelemetry spans to <prefix>.traces (and OTLP when OTEL_EXPORTER_OTLP_ENDPOINT "
+             "is set); false turns tracing off"),
         Flag("log-level", one_of("DEBUG", "INFO", "WARNING", "ERROR"), "WARNING", "log level"),
     ]
 }
 
 
 # Which flags each role reads (the CLI adds these groups to its commands).
-KAFKA_FLAGS = ("bootstrap-servers", "broker-port", "topic-prefix", "log-level")
+KAFKA_FLAGS = ("bootstrap-servers", "broker-port", "topic-prefix", "tracing", "log-level")
 TOPIC_FLAGS = ("bins", "bin-edges", "partitions")
 CLASSIFIER_FLAGS = ("model", "predictor", "predictor-path", "predictor-snapshot", "binner",
                     "max-tokens-limit", "max-model-len", "batch-size", "max-request-bytes",
@@ -540,3 +543,9 @@ def resolve_worker_bins(
     if not bins or min(bins) < 0:
         raise ConfigError(f"{source}={raw!r}: must name bin indices >= 0")
     return bins
+
+
+def tracing_config(values: Mapping[str, Any]):  # -> binbaton.service.tracing.TracingConfig
+    from binbaton.service.tracing import TracingConfig
+
+    return TracingConfig(enabled=values.get("tracing") is not False)

@@ -31,6 +31,7 @@ from binbaton.service.config import (
     resolve_device,
     to_argv,
     topics_config,
+    tracing_config,
     unique,
 )
 from binbaton.service.topics import create_service_topics
@@ -115,7 +116,8 @@ def worker_argv(values: Mapping[str, Any], bootstrap: str, bins: Sequence[int], 
     passed["device"] = device
     if values.get("worker_id"):
         passed["worker_id"] = f"{values['worker_id']}-{index}"
-    names = unique(("topic-prefix", "partitions", "log-level"), ENGINE_FLAGS, WORKER_FLAGS)
+    names = unique(("topic-prefix", "partitions", "tracing", "log-level"), ENGINE_FLAGS,
+                   WORKER_FLAGS)
     return [sys.executable, "-m", "binbaton.service.cli", "worker",
             "--bootstrap-servers", bootstrap, "--bins", ",".join(map(str, bins)),
             *to_argv(passed, names)]
@@ -162,7 +164,8 @@ async def up(
         await create_service_topics(bootstrap, topics)
         classifier_started = asyncio.Event()
         classifier_task = asyncio.create_task(
-            run_classifier(kafka, topics, classifier, classifier_stop, classifier_started))
+            run_classifier(kafka, topics, classifier, classifier_stop, classifier_started,
+                           tracing_config(values)))
         for worker in workers:
             await worker.start()
         if not await _wait_ready(workers, classifier_task, classifier_started, stop):

@@ -1,0 +1,101 @@
+"""Traces through the real broker: `binbaton produce`'s client spans are the parents of the
+classifier's `process` spans, whose stages and `send binbaton.bin.<i>` spans hang below."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from binbaton.schemas import Request
+from binbaton.service.classifier import run_classifier
+from binbaton.service.client import produce, request_message
+from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
+from binbaton.service.topics import create_service_topics
+from binbaton.service.tracing import TracingConfig
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+pytestmark = pytest.mark.broker
+
+
+async def read_topic(bootstrap: str, topic: str, partitions: int, until, timeout: float = 20):
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records = []
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not until(records) and loop.time() < deadline:
+            for part in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def spans_of(records) -> list[dict]:
+    spans = []
+    for record in records:
+        export = ExportTraceServiceRequest.FromString(record.value)
+        for resource in export.resource_spans:
+            service = next(a.value.string_value for a in resource.resource.attributes
+                           if a.key == "service.name")
+            for scope in resource.scope_spans:
+                for span in scope.spans:
+                    attributes = {a.key: a.value.string_value for a in span.attributes}
+                    spans.append({"name": span.name, "service": service,
+                                  "trace": span.trace_id.hex(), "id": span.span_id.hex(),
+                                  "parent": span.parent_span_id.hex(),
+                                  "request": attributes.get("binbaton.request.id")})
+    return spans
+
+
+async def test_client_and_classifier_spans_form_one_trace_per_request(
+    broker: str, unique_prefix: str, tiny_llama_dir: Path
+) -> None:
+    kafka = KafkaConfig(bootstrap_servers=broker, session_timeout_ms=4000,
+                        heartbeat_interval_ms=400)
+    topics = TopicsConfig(prefix=unique_prefix, num_bins=2)
+    await create_service_topics(broker, topics)
+    tracing = TracingConfig(export_delay_ms=50)
+    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(8,), max_tokens_limit=64)
+    stop, started = asyncio.Event(), asyncio.Event()
+    classifier = asyncio.create_task(
+        run_classifier(kafka, topics, config, stop, started, tracing_config=tracing))
+    await asyncio.wait_for(started.wait(), 30)
+    requests = [Request(id=f"t{i}", prompt="the quick brown fox", max_tokens=4 + 8 * (i % 2))
+                for i in range(4)] + [Request(id="t-bad", prompt="x", max_tokens=65)]
+    await produce(kafka, topics.requests, [request_message(r) for r in requests],
+                  tracing_config=tracing)
+    binned = await read_topic(broker, topics.bin(0), 2, lambda rs: len(rs) >= 2)
+    binned += await read_topic(broker, topics.bin(1), 2, lambda rs: len(rs) >= 2)
+    await asyncio.sleep(0.3)
+    stop.set()
+    await asyncio.wait_for(classifier, 30)  # shutting down flushes the spans
+    spans = spans_of(await read_topic(
+        broker, topics.traces, 1,
+        lambda rs: sum(s["service"] == "binbaton-classifier" for s in spans_of(rs)) >= 31))
+
+    by_id = {s["id"]: s for s in spans}
+    for request in requests:
+        mine = [s for s in spans if s["request"] == request.id]
+        (client,) = [s for s in mine if s["service"] == "binbaton-client"]
+        assert client["name"] == f"send {topics.requests}" and client["parent"] == ""
+        (process,) = [s for s in mine if s["name"] == f"process {topics.requests}"]
+        assert process["parent"] == client["id"] and process["trace"] == client["trace"]
+        stages = {s["name"] for s in mine if s["parent"] == process["id"]}
+        assert {"tokenize", "validate", "predict", "route"} <= stages
+        sends = [s for s in mine if s["name"].startswith("send ") and s is not client]
+        assert sends and all(by_id[s["id"]]["parent"] == process["id"] for s in sends)
+    # The bin message carries the classifier's send span as its parent context.
+    for record in binned:
+        traceparent = dict(record.headers)["traceparent"].decode()
+        _, trace_id, span_id, _ = traceparent.split("-")
+        assert by_id[span_id]["name"].startswith(f"send {topics.prefix}.bin.")
+        assert by_id[span_id]["trace"] == trace_id
+    bad = [s for s in spans if s["request"] == "t-bad" and s["service"] == "binbaton-classifier"]
+    assert {s["name"] for s in bad} >= {f"send {topics.dlq}", f"send {topics.results}"}
