@@ -387,7 +387,7 @@ class Classifier:
         assert self._consumer is not None
         records = [record for part in batches.values() for record in part]
         try:
-            acks = await self.route(records)
+            acks = await self._route_guarded(records)
             await asyncio.gather(*acks)
         except KafkaError as exc:
             # Nothing of this batch is committed: go back and route it again.
@@ -405,6 +405,31 @@ class Classifier:
             # Partitions moved on: the next owner routes them again (at-least-once).
             log.warning("commit failed after routing (%s); duplicates may follow", exc)
         self.stats.batches += 1
+
+    async def _route_guarded(self, records: list[ConsumerRecord]) -> list[asyncio.Future[Any]]:
+        """``route``, but a bug (tokenizer, predictor) never stops the classifier: the batch
+        is routed again record by record, and a record that still fails is dead-lettered
+        with an ``internal`` error (and an error result when its id is known)."""
+        try:
+            return await self.route(records)
+        except KafkaError:
+            raise
+        except Exception:
+            log.exception("routing a batch of %d failed; routing one by one", len(records))
+        acks: list[asyncio.Future[Any]] = []
+        for record in records:
+            try:
+                acks += await self.route([record])
+            except KafkaError:
+                raise
+            except Exception as exc:
+                log.exception("routing %s:%d@%d failed", record.topic, record.partition,
+                              record.offset)
+                raw = record.value or b""
+                problem = InvalidMessage("internal", f"the classifier failed: {exc!r}",
+                                         recover_id(raw) or _key_id(record))
+                await self._reject(record, problem, now_ms(), acks)
+        return acks
 
     async def route(self, records: Sequence[ConsumerRecord]) -> list[asyncio.Future[Any]]:
         """Decide and send every record; returns the broker acknowledgements to await."""

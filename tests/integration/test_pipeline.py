@@ -313,3 +313,43 @@ async def test_a_librdkafka_client_produces_and_reads_by_assigned_partitions(
         result = await asyncio.to_thread(produce_and_read)
         assert running.alive()
     assert result["status"] == "ok" and len(result["token_ids"]) == 5
+
+
+class ExplodingPredictor:
+    """Fails on prompts containing "boom": a predictor bug must not stop the classifier."""
+
+    name = "exploding"
+
+    def predict(self, batch):
+        if any(item.prompt and "boom" in item.prompt for item in batch):
+            raise RuntimeError("boom")
+        return [item.max_tokens for item in batch]
+
+    def observe(self, batch) -> None:
+        return None
+
+
+async def test_a_predictor_bug_dead_letters_only_its_request(
+    broker: str, unique_prefix: str, tiny_llama_dir: Path
+) -> None:
+    kafka = kafka_config(broker)
+    topics = TopicsConfig(prefix=unique_prefix, num_bins=1)
+    await create_service_topics(broker, topics)
+    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=())
+    router = Router.from_config(config)
+    router.predictor = ExplodingPredictor()
+    stop, started = asyncio.Event(), asyncio.Event()
+    classifier = Classifier(kafka, topics, config, router)
+    task = asyncio.create_task(classifier.run(stop, started))
+    await asyncio.wait_for(started.wait(), 30)
+    requests = [Request(id=i, prompt=p, max_tokens=4)
+                for i, p in [("fine-1", "hello"), ("bomb", "boom goes it"), ("fine-2", "hi")]]
+    async with ResultFollower(kafka, topics.results) as follower:
+        await send(kafka, topics.requests, [(r.id.encode(), encode(r)) for r in requests])
+        results = await follower.collect(["bomb"], timeout=30)
+        routed = await read_all(kafka, topics.bin(0), 2, 2, timeout=20)
+    assert not task.done(), "the classifier stopped"
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    assert results["bomb"].error is not None and results["bomb"].error.code == "internal"
+    assert sorted(key for key, _, _ in routed) == [b"fine-1", b"fine-2"]
