@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import msgspec
-
 from binbaton.schemas.messages import (
     BinnedRequest,
     DeadLetter,
