@@ -164,10 +164,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = worker_config(values, bins)
     engine = engine_config(values)
     partitions = values["partitions"]
-    # Subscribing to a missing topic would auto-create it with the broker's defaults.
+    # Subscribing to a missing topic would auto-create it with the broker's defaults;
+    # topics that exist are used as they are.
     plan = {worker.bin_topic(b): partitions for b in bins}
     plan |= {worker.results_topic: partitions, worker.dlq_topic: 1}
-    asyncio.run(ensure_topics(kafka.bootstrap_servers, plan))
+    asyncio.run(ensure_topics(kafka.bootstrap_servers, plan, strict=False))
     return run_worker(worker, engine, kafka)
 
 

@@ -44,12 +44,13 @@ async def ensure_topics(
     plan: Mapping[str, int],
     timeout: float = 15.0,
     client_id: str = "binbaton-admin",
+    strict: bool = True,
 ) -> dict[str, int]:
     """Create the topics of ``plan`` (name -> partitions) that do not exist yet.
 
     Idempotent: existing topics are kept. Returns name -> partitions of every planned
     topic once the broker's metadata shows all of them. Raises TopicError if one cannot
-    be created or has fewer partitions than planned.
+    be created or (``strict``) exists with fewer partitions than planned.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
     await admin.start()
@@ -64,20 +65,20 @@ async def ensure_topics(
                 error = for_code(code)
                 if code != 0 and error is not TopicAlreadyExistsError:
                     raise TopicError(f"could not create topic {topic}: {error.__name__}")
-        return await _wait_visible(admin, plan, timeout)
+        return await _wait_visible(admin, plan, timeout, strict)
     finally:
         await admin.close()
 
 
 async def _wait_visible(
-    admin: AIOKafkaAdminClient, plan: Mapping[str, int], timeout: float
+    admin: AIOKafkaAdminClient, plan: Mapping[str, int], timeout: float, strict: bool
 ) -> dict[str, int]:
     names = list(plan)
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         found = await existing_partitions(admin, names)
         if len(found) == len(names):
-            short = {n: found[n] for n in names if found[n] < plan[n]}
+            short = {n: found[n] for n in names if strict and found[n] < plan[n]}
             if short:
                 raise TopicError(f"topics exist with fewer partitions than planned: {short}")
             return {n: found[n] for n in names}

@@ -63,3 +63,14 @@ async def test_produce_and_consume_through_group(broker: str, unique_prefix: str
         await consumer.stop()
     assert sorted(seen) == sorted(f"m{i}".encode() for i in range(10))
     assert sum(c or 0 for c in committed) == 10
+
+
+async def test_existing_topics_are_kept_as_they_are(broker: str, unique_prefix: str,
+                                                    create_topics) -> None:
+    from binbaton.service.topics import TopicError, ensure_topics
+
+    topic = f"{unique_prefix}.few"
+    await create_topics({topic: 1})
+    assert await ensure_topics(broker, {topic: 3}, strict=False) == {topic: 1}
+    with pytest.raises(TopicError, match="fewer partitions"):
+        await ensure_topics(broker, {topic: 3})
