@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from binbaton.bench import engine, model_cli, pipeline
+from binbaton.bench import engine, model_cli, pipeline, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_arguments(
         sub.add_parser("pipeline", help="the workload through Kafka vs the engine alone")
     )
+    report.add_arguments(sub.add_parser("report", help="Markdown table of results files"))
     return parser
 
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
             return engine.main(args)
         if args.command == "pipeline":
             return pipeline.main(args)
+        if args.command == "report":
+            return report.main(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"binbaton bench {args.command}: error: {exc}", file=sys.stderr)
         return 2
