@@ -37,6 +37,7 @@ class DemoModelConfig:
     train_seconds: float = 600.0  # wall-clock budget for the optimisation loop
     threads: int = 2
     seed: int = 0
+    eos_loss_weight: float = 1.0  # > 1 stresses learning where answers end
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -45,8 +46,8 @@ class DemoModelConfig:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
         if min(self.vocab_size, self.max_seq_len, self.batch_size, self.num_layers) < 1:
             raise ValueError("sizes must be positive")
-        if self.train_seconds <= 0 or self.learning_rate <= 0:
-            raise ValueError("train_seconds and learning_rate must be positive")
+        if self.train_seconds <= 0 or self.learning_rate <= 0 or self.eos_loss_weight <= 0:
+            raise ValueError("train_seconds, learning_rate and eos_loss_weight must be positive")
 
 
 def build_tokenizer(texts: Sequence[str], vocab_size: int):  # -> PreTrainedTokenizerFast
@@ -101,6 +102,20 @@ def collate(encoded: list[tuple[list[int], int]], indices: list[int]):
         attention_mask[row, : len(ids)] = 1
         labels[row, first : len(ids)] = torch.tensor(ids[first:])
     return input_ids, attention_mask, labels
+
+
+def weighted_loss(logits, labels, eos_token_id: int, eos_weight: float):
+    """Next-token cross-entropy over supervised positions, end-of-sequence weighted."""
+    import torch.nn.functional as F
+
+    logits = logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
+    targets = labels[:, 1:]  # [B, T-1], -100 where not supervised
+    per_token = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    )  # [B*(T-1)], 0 at ignored positions
+    flat = targets.reshape(-1)
+    weights = (flat != -100).float() * (1 + (eos_weight - 1) * (flat == eos_token_id).float())
+    return (per_token * weights).sum() / weights.sum()
 
 
 def llama_config(config: DemoModelConfig, tokenizer):
@@ -170,7 +185,8 @@ def train_demo_model(
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * max(scale, 0.02)
             input_ids, attention_mask, labels = collate(encoded, indices)
-            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            loss = weighted_loss(logits, labels, tokenizer.eos_token_id, config.eos_loss_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

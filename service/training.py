@@ -51,6 +51,7 @@ def demo_model_main(argv: list[str]) -> int:
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--init", type=Path, default=None, help="continue training this model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eos-loss-weight", type=float, default=1.0)
     args = parser.parse_args(argv)
     config = DemoModelConfig(
         vocab_size=args.vocab_size,
@@ -63,6 +64,7 @@ def demo_model_main(argv: list[str]) -> int:
         threads=args.threads,
         learning_rate=args.learning_rate,
         seed=args.seed,
+        eos_loss_weight=args.eos_loss_weight,
     )
     log = functools.partial(print, flush=True)
     summary = train_demo_model(load_examples(args.data), args.out, config, args.init, log)
