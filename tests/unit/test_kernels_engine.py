@@ -6,16 +6,19 @@ requests with prompts of 1-40 tokens and 1-16 new tokens, arriving over the firs
 of a batch of four, so that newcomers are prefilled and inserted mid-decode.
 """
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # before binbaton.kernels.triton_ops is imported
-
 import random
 
 import pytest
+from binbaton.kernels import ops
 from conftest import Arrival, drive
 
 pytest.importorskip("triton")
+ops.enable_interpreter()  # before any kernel module is imported (see ops.enable_interpreter)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreter():
+    ops.enable_interpreter()
 
 
 def short_workload(num_requests: int = 10, seed: int = 1) -> list[Arrival]:
