@@ -73,3 +73,17 @@ def test_system_specs_parse_and_reject_nonsense() -> None:
 def test_engine_bench_reports_bad_arguments(tmp_path, capsys) -> None:
     assert main(["engine", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_fastest_of_repeated_runs_is_reported_with_every_runs_time() -> None:
+    from binbaton.bench.engine import fastest
+    from binbaton.bench.results import Percentiles, Row
+
+    def run(elapsed: float) -> Row:
+        p = Percentiles(1.0, 2.0)
+        return Row("binbaton", "insert", 1, 4, 10 / elapsed, 1 / elapsed, p, p, 1.0,
+                   {"elapsed_s": elapsed})
+
+    best = fastest([run(3.0), run(2.0), run(4.0)])
+    assert best.output_tokens_per_s == 5.0
+    assert best.extra["elapsed_s_runs"] == [3.0, 2.0, 4.0]
