@@ -1,4 +1,5 @@
-"""`binbaton up` as a real process: the ready line, one request served, clean SIGINT."""
+"""`binbaton up` as a real process: the ready line, requests served, a killed worker
+restarted, clean SIGINT."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def read_ready_line(process: subprocess.Popen[str], timeout: float) -> list[str]
     raise AssertionError(f"no ready line within {timeout}s (exit {process.poll()}): {seen}")
 
 
-def test_up_prints_ready_serves_a_request_and_stops_on_sigint(tiny_llama_dir: Path) -> None:
+def test_up_serves_restarts_a_dead_worker_and_stops_on_sigint(tiny_llama_dir: Path) -> None:
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     env = dict(os.environ, BINBATON_BIN_EDGES="4,8", BINBATON_WORKERS="1",
@@ -81,16 +82,21 @@ def test_up_prints_ready_serves_a_request_and_stops_on_sigint(tiny_llama_dir: Pa
         assert lines == [f"ready bootstrap={bootstrap}"]
         assert processes_mentioning(f"--bootstrap-servers {bootstrap}"), "no worker process"
 
-        async def one_request() -> str:
+        async def one_request(request_id: str) -> str:
             kafka = KafkaConfig(bootstrap_servers=bootstrap)
-            request = Request(id="up-1", prompt="the quick brown fox", max_tokens=6)
+            request = Request(id=request_id, prompt="the quick brown fox", max_tokens=6)
             async with ResultFollower(kafka, "binbaton.results") as follower:
                 await produce(kafka, "binbaton.requests", [request_message(request)])
-                results = await follower.collect(["up-1"], timeout=60)
-            assert results["up-1"].bin == 1 and len(results["up-1"].token_ids) == 6
-            return results["up-1"].status
+                results = await follower.collect([request_id], timeout=90)
+            assert results[request_id].bin == 1 and len(results[request_id].token_ids) == 6
+            return results[request_id].status
 
-        assert asyncio.run(one_request()) == "ok"
+        assert asyncio.run(one_request("up-1")) == "ok"
+        # A worker that dies is restarted, and the service keeps serving.
+        (worker,) = processes_mentioning(f"--bootstrap-servers {bootstrap}")
+        os.kill(worker, signal.SIGKILL)
+        assert asyncio.run(one_request("up-2")) == "ok"
+        assert processes_mentioning(f"--bootstrap-servers {bootstrap}") not in ([], [worker])
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
         assert (process.stdout.read() or "").strip() == ""  # the ready line only, once
