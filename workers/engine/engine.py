@@ -151,22 +151,23 @@ class Engine:
         """Prefill ``seqs`` packed together, store their K/V, sample their next token."""
         if not seqs:
             return 0
-        lengths = [len(s.token_ids) for s in seqs]
-        input_ids = [t for s in seqs for t in s.token_ids]
-        positions = [p for n in lengths for p in range(n)]
-        slots = [self.cache.slot(s.blocks, p) for s in seqs for p in range(len(s.token_ids))]
-        cu_seqlens = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)  # [B + 1]
+        lengths = torch.tensor([len(s.token_ids) for s in seqs], device=self.device)  # [B]
+        cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))  # [B + 1]
+        seq_index = torch.repeat_interleave(torch.arange(len(seqs), device=self.device), lengths)
+        positions = torch.arange(int(cu_seqlens[-1]), device=self.device)  # [T]
+        positions -= cu_seqlens[:-1].repeat_interleave(lengths)  # restart at 0 per sequence
+        tables = self.cache.block_tables([s.blocks for s in seqs], self.device)  # [B, W]
         batch = ForwardBatch(
-            positions=self._tensor(positions),
-            slot_mapping=self._tensor(slots),
+            positions=positions,
+            slot_mapping=self.cache.slot_mapping(tables, seq_index, positions),
             is_prefill=True,
-            cu_seqlens=cu_seqlens.to(self.device),
+            cu_seqlens=cu_seqlens.to(torch.int32),
         )
-        logits_index = self._tensor([c - 1 for c in cu_seqlens[1:].tolist()])  # [B]
-        logits = self.model(self._tensor(input_ids), batch, self.cache.k, self.cache.v,
-                            logits_index)  # [B, V]
-        for seq, n in zip(seqs, lengths, strict=True):
-            seq.num_cached = n
+        input_ids = self._tensor([t for s in seqs for t in s.token_ids])  # [T]
+        logits = self.model(input_ids, batch, self.cache.k, self.cache.v,
+                            logits_index=cu_seqlens[1:] - 1)  # [B, V]
+        for seq in seqs:
+            seq.num_cached = len(seq.token_ids)
         self.running.extend(seqs)
         self._sample(seqs, logits)
         return len(input_ids)
@@ -177,21 +178,18 @@ class Engine:
             return 0
         self._grow(seqs)
         seqs = list(self.running)  # growing may have preempted some
-        positions = [len(s.token_ids) - 1 for s in seqs]
-        width = max(len(s.blocks) for s in seqs)
-        tables = [s.blocks + [0] * (width - len(s.blocks)) for s in seqs]
+        positions = self._tensor([len(s.token_ids) - 1 for s in seqs])  # [B]
+        tables = self.cache.block_tables([s.blocks for s in seqs], self.device)  # [B, W]
+        rows = torch.arange(len(seqs), device=self.device)  # [B]
         batch = ForwardBatch(
-            positions=self._tensor(positions),
-            slot_mapping=self._tensor([self.cache.slot(s.blocks, p)
-                                       for s, p in zip(seqs, positions, strict=True)]),
+            positions=positions,
+            slot_mapping=self.cache.slot_mapping(tables, rows, positions),
             is_prefill=False,
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=self.device),
-            seq_lens=torch.tensor([p + 1 for p in positions], dtype=torch.int32,
-                                  device=self.device),
+            block_tables=tables,
+            seq_lens=(positions + 1).to(torch.int32),
         )
         input_ids = self._tensor([s.token_ids[-1] for s in seqs])  # [B]
-        logits_index = torch.arange(len(seqs), device=self.device)
-        logits = self.model(input_ids, batch, self.cache.k, self.cache.v, logits_index)
+        logits = self.model(input_ids, batch, self.cache.k, self.cache.v, logits_index=rows)
         for seq in seqs:
             seq.num_cached = len(seq.token_ids)
         self._sample(seqs, logits)

@@ -81,5 +81,17 @@ class KVCache:
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def slot(self, blocks: list[int], position: int) -> int:
-        return blocks[position // self.block_size] * self.block_size + position % self.block_size
+    def block_tables(self, tables: list[list[int]], device: torch.device) -> torch.Tensor:
+        """[B, max_blocks] int32, rows padded with block 0 (never read past seq_lens)."""
+        width = max(len(t) for t in tables)
+        padded = [t + [0] * (width - len(t)) for t in tables]
+        return torch.tensor(padded, dtype=torch.int32, device=device)
+
+    def slot_mapping(
+        self,
+        block_tables: torch.Tensor,  # [B, max_blocks] int32
+        seq_index: torch.Tensor,  # [T] int64, which sequence each token belongs to
+        positions: torch.Tensor,  # [T] int64
+    ) -> torch.Tensor:  # [T] int64
+        blocks = block_tables[seq_index, positions // self.block_size].long()
+        return blocks * self.block_size + positions % self.block_size
