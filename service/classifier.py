@@ -42,6 +42,7 @@ from binbaton.schemas import (
 from binbaton.service import tracing
 from binbaton.service.bins import AdaptiveBinner, BinBoundaries, FixedBinner
 from binbaton.service.config import ClassifierConfig, ConfigError, KafkaConfig, TopicsConfig
+from binbaton.service.metrics import Metrics, MetricsConfig, update_consumer_lag
 from binbaton.service.predictor import DEFAULT_ARTIFACT, LengthPredictor, PredictionInput
 from binbaton.service.predictor import make_predictor as predictor_registry
 from binbaton.service.tracing import CLASSIFIER_SERVICE, StageTimer, Telemetry, mark_error
@@ -52,7 +53,8 @@ Binner = FixedBinner | AdaptiveBinner
 log = logging.getLogger("binbaton.classifier")
 
 TRACE_HEADERS = ("traceparent", "tracestate")
-DEAD_LETTER_RAW_LIMIT = 64 * 1024  # bytes of an oversized message kept in its dead letter
+DEAD_LETTER_RAW_LIMIT = 64 * 1024
+LAG_INTERVAL_S = 5.0  # bytes of an oversized message kept in its dead letter
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,6 +305,7 @@ class Classifier:
         config: ClassifierConfig,
         router: Router | None = None,
         telemetry: Telemetry | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if config.num_bins != topics.num_bins:
             raise ConfigError(f"{config.num_bins} bins from the edges {config.bin_edges}, "
@@ -314,6 +317,8 @@ class Classifier:
         self.recent = RecentInputs(config.observe_cache)
         self.stats = ClassifierStats()
         self.telemetry = telemetry or Telemetry.disabled(CLASSIFIER_SERVICE)
+        self.metrics = metrics
+        self._lag_updated = 0.0
         self._spans: dict[int, Span] = {}  # id(record) -> its `process` span, this batch
         self._batch_lock = asyncio.Lock()
         self._producer: AIOKafkaProducer | None = None
@@ -378,10 +383,19 @@ class Classifier:
             batches = await self._consumer.getmany(
                 timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size
             )
-            if not batches:
-                continue
-            async with self._batch_lock:
-                await self._route_batch(batches)
+            if batches:
+                async with self._batch_lock:
+                    await self._route_batch(batches)
+            await self._update_lag()
+
+    async def _update_lag(self) -> None:
+        """Consumer lag of the requests topic, every few seconds (when metrics are on)."""
+        if self.metrics is None or time.monotonic() - self._lag_updated < LAG_INTERVAL_S:
+            return
+        self._lag_updated = time.monotonic()
+        assert self._consumer is not None
+        with contextlib.suppress(KafkaError, AssertionError):
+            await update_consumer_lag(self.metrics, self._consumer)
 
     async def _route_batch(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         assert self._consumer is not None
@@ -493,6 +507,8 @@ class Classifier:
         )
         self.recent.put(decision.request.id, decision.features)
         self.stats.routed += 1
+        if self.metrics is not None:
+            self.metrics.observe_routed(decision.bin)
         return await self._send(record, self.topics.bin(decision.bin), message,
                                 decision.request.id.encode())
 
@@ -529,6 +545,8 @@ class Classifier:
     ) -> None:
         assert self._producer is not None
         self.stats.rejected += 1
+        if self.metrics is not None:
+            self.metrics.observe_rejected("classifier", problem.code)
         error = ErrorInfo(code=problem.code, message=str(problem))
         request_id = problem.request_id
         log.info("rejected %s at %s:%d@%d: %s", request_id, record.topic, record.partition,
@@ -605,10 +623,12 @@ async def run_classifier(
     stop: asyncio.Event,
     started: asyncio.Event | None = None,
     tracing_config: tracing.TracingConfig | None = None,
+    metrics_config: MetricsConfig | None = None,
 ) -> ClassifierStats:
     """Create the topics (idempotent), load the tokenizer, classify until ``stop`` is set.
 
-    With ``tracing_config`` (enabled), spans go to the traces topic (and OTLP if set)."""
+    With ``tracing_config`` (enabled), spans go to the traces topic (and OTLP if set);
+    with ``metrics_config`` (a port), Prometheus metrics are served there."""
     from binbaton.service.topics import create_service_topics
 
     await create_service_topics(kafka.bootstrap_servers, topics)
@@ -618,10 +638,17 @@ async def run_classifier(
         telemetry = tracing.setup_tracing(CLASSIFIER_SERVICE, tracing_config,
                                           bootstrap_servers=kafka.bootstrap_servers,
                                           traces_topic=topics.traces, model=config.model)
-    classifier = Classifier(kafka, topics, config, router, telemetry)
+    metrics = None
+    if metrics_config is not None and metrics_config.port:
+        metrics = Metrics(model=config.model)
+        port = metrics.serve(metrics_config)
+        log.info("classifier metrics on port %s", port)
+    classifier = Classifier(kafka, topics, config, router, telemetry, metrics)
     try:
         await classifier.run(stop, started)
     finally:
         if telemetry is not None:
             await asyncio.to_thread(telemetry.shutdown)
+        if metrics is not None:
+            metrics.close()
     return classifier.stats

@@ -125,6 +125,7 @@ def cmd_classifier(args: argparse.Namespace) -> int:
     from binbaton.service.config import (
         classifier_config,
         kafka_config,
+        metrics_config,
         topics_config,
         tracing_config,
     )
@@ -136,7 +137,8 @@ def cmd_classifier(args: argparse.Namespace) -> int:
     async def job(stop: asyncio.Event) -> int:
         started = asyncio.Event()
         task = asyncio.create_task(run_classifier(kafka, topics, config, stop, started,
-                                                  tracing_config(values)))
+                                                  tracing_config(values),
+                                                  metrics_config(values)))
         await asyncio.wait([task, asyncio.create_task(started.wait())],
                            return_when=asyncio.FIRST_COMPLETED)
         if started.is_set():

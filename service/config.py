@@ -158,6 +158,8 @@ FLAGS: dict[str, Flag] = {
         Flag("tracing", boolean, True,
              "OpenTelemetry spans to <prefix>.traces (and OTLP when OTEL_EXPORTER_OTLP_ENDPOINT "
              "is set); false turns tracing off"),
+        Flag("metrics-port", non_negative_int, 0,
+             "Prometheus metrics of the classifier on this port (0: off)"),
         Flag("log-level", one_of("DEBUG", "INFO", "WARNING", "ERROR"), "WARNING", "log level"),
     ]
 }
@@ -168,7 +170,7 @@ KAFKA_FLAGS = ("bootstrap-servers", "broker-port", "topic-prefix", "tracing", "l
 TOPIC_FLAGS = ("bins", "bin-edges", "partitions")
 CLASSIFIER_FLAGS = ("model", "predictor", "predictor-path", "predictor-snapshot", "binner",
                     "max-tokens-limit", "max-model-len", "batch-size", "max-request-bytes",
-                    "observe-cache")
+                    "observe-cache", "metrics-port")
 ENGINE_FLAGS = ("model", "device", "dtype", "policy", "max-batch", "kv-budget-tokens",
                 "block-size", "kernel-backend", "max-model-len")
 WORKER_FLAGS = ("max-in-flight", "worker-id", "drain-timeout")
@@ -549,3 +551,12 @@ def tracing_config(values: Mapping[str, Any]):  # -> binbaton.service.tracing.Tr
     from binbaton.service.tracing import TracingConfig
 
     return TracingConfig(enabled=values.get("tracing") is not False)
+
+
+def metrics_config(values: Mapping[str, Any]):  # -> binbaton.service.metrics.MetricsConfig
+    from binbaton.service.metrics import MetricsConfig
+
+    try:
+        return MetricsConfig(port=values.get("metrics_port") or 0)
+    except ValueError as exc:
+        raise ConfigError(f"--metrics-port: {exc}") from exc

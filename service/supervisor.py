@@ -28,6 +28,7 @@ from binbaton.service.config import (
     ConfigError,
     classifier_config,
     kafka_config,
+    metrics_config,
     resolve_device,
     to_argv,
     topics_config,
@@ -165,7 +166,7 @@ async def up(
         classifier_started = asyncio.Event()
         classifier_task = asyncio.create_task(
             run_classifier(kafka, topics, classifier, classifier_stop, classifier_started,
-                           tracing_config(values)))
+                           tracing_config(values), metrics_config(values)))
         for worker in workers:
             await worker.start()
         if not await _wait_ready(workers, classifier_task, classifier_started, stop):

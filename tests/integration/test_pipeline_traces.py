@@ -1,17 +1,21 @@
 """Traces through the real broker: `binbaton produce`'s client spans are the parents of the
-classifier's `process` spans, whose stages and `send binbaton.bin.<i>` spans hang below."""
+classifier's `process` spans, whose stages and `send binbaton.bin.<i>` spans hang below;
+the classifier's Prometheus endpoint counts what it routed and rejected."""
 
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from binbaton.schemas import Request
+from binbaton.service.broker import free_port
 from binbaton.service.classifier import run_classifier
 from binbaton.service.client import produce, request_message
 from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
+from binbaton.service.metrics import MetricsConfig
 from binbaton.service.topics import create_service_topics
 from binbaton.service.tracing import TracingConfig
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -35,6 +39,11 @@ async def read_topic(bootstrap: str, topic: str, partitions: int, until, timeout
     finally:
         await consumer.stop()
     return records
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
 
 
 def spans_of(records) -> list[dict]:
@@ -64,8 +73,10 @@ async def test_client_and_classifier_spans_form_one_trace_per_request(
     tracing = TracingConfig(export_delay_ms=50)
     config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(8,), max_tokens_limit=64)
     stop, started = asyncio.Event(), asyncio.Event()
+    metrics_port = free_port()
     classifier = asyncio.create_task(
-        run_classifier(kafka, topics, config, stop, started, tracing_config=tracing))
+        run_classifier(kafka, topics, config, stop, started, tracing_config=tracing,
+                       metrics_config=MetricsConfig(port=metrics_port, host="127.0.0.1")))
     await asyncio.wait_for(started.wait(), 30)
     requests = [Request(id=f"t{i}", prompt="the quick brown fox", max_tokens=4 + 8 * (i % 2))
                 for i in range(4)] + [Request(id="t-bad", prompt="x", max_tokens=65)]
@@ -74,6 +85,11 @@ async def test_client_and_classifier_spans_form_one_trace_per_request(
     binned = await read_topic(broker, topics.bin(0), 2, lambda rs: len(rs) >= 2)
     binned += await read_topic(broker, topics.bin(1), 2, lambda rs: len(rs) >= 2)
     await asyncio.sleep(0.3)
+    scraped = await asyncio.to_thread(scrape, metrics_port)
+    assert 'binbaton_routed_requests_total{bin="0"} 2.0' in scraped
+    assert 'binbaton_routed_requests_total{bin="1"} 2.0' in scraped
+    assert ('binbaton_request_errors_total{code="max_tokens_too_large",stage="classifier"} 1.0'
+            in scraped)
     stop.set()
     await asyncio.wait_for(classifier, 30)  # shutting down flushes the spans
     spans = spans_of(await read_topic(
