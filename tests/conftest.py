@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,22 +42,10 @@ def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ---- engine exactness against Hugging Face generate -----------------------------------
+# Import helpers from binbaton.workers.engine.replay, never from this conftest: under a
+# full-suite run ``conftest`` may name tests/integration/conftest.py instead.
 
-@dataclass(frozen=True)
-class Arrival:
-    step: int  # engine step before which the request is added
-    request: Any  # GenerationRequest
-
-
-@dataclass
-class ExactnessRun:
-    outputs: dict[str, Any]  # id -> GenerationOutput
-    steps: list[Any]  # StepStats per step
-    mid_decode_admissions: int  # steps that admitted while others were mid-decode
-    preempted: int
-
-
-def exactness_workload(num_requests: int = 64, seed: int = 0) -> list[Arrival]:
+def exactness_workload(num_requests: int = 64, seed: int = 0) -> list[Any]:  # [Arrival]
     """Prompts of 1-200 tokens, max_tokens 1-100, arriving at staggered steps.
 
     Bins are max_tokens terciles; predicted_tokens is deliberately off (half to 1.5x) so
@@ -67,6 +54,7 @@ def exactness_workload(num_requests: int = 64, seed: int = 0) -> list[Arrival]:
     """
     import random
 
+    from binbaton.workers.engine.replay import Arrival
     from binbaton.workers.engine.request import GenerationRequest, SamplingParams
 
     rng = random.Random(seed)
@@ -106,22 +94,6 @@ def hf_greedy(checkpoint_dir: Path, requests: list[Any]) -> dict[str, list[int]]
     return tokens
 
 
-def drive(engine: Any, arrivals: list[Arrival]) -> ExactnessRun:
-    """Add each request at its step; step until everything finished."""
-    pending = sorted(arrivals, key=lambda a: a.step)
-    outputs: dict[str, Any] = {}
-    steps, mid_decode, step = [], 0, 0
-    while pending or engine.has_work():
-        while pending and pending[0].step <= step:
-            engine.add(pending.pop(0).request)
-        decoding_before = any(s.num_generated > 0 for s in engine.running)
-        outputs.update((o.id, o) for o in engine.step())
-        steps.append(engine.last_step)
-        mid_decode += int(decoding_before and engine.last_step.admitted > 0)
-        step += 1
-    return ExactnessRun(outputs, steps, mid_decode, engine.stats.preempted)
-
-
 @pytest.fixture(scope="session")
 def hf_reference() -> Callable[[Path, list[Any]], dict[str, list[int]]]:
     """HF greedy tokens per (checkpoint, workload), computed once per session."""
@@ -139,13 +111,14 @@ def hf_reference() -> Callable[[Path, list[Any]], dict[str, list[int]]]:
 @pytest.fixture(scope="session")
 def run_exactness(
     hf_reference: Callable[[Path, list[Any]], dict[str, list[int]]],
-) -> Callable[..., ExactnessRun]:
+) -> Callable[..., Any]:
     """``run_exactness(checkpoint_dir, policy, kernel_backend="torch", num_requests=64,
     **config_overrides)``: run the staggered workload through the engine and assert every
     request's tokens equal Hugging Face generate on that request alone (the reference is
     computed once per checkpoint and workload). Returns the run for further checks."""
     from binbaton.workers.engine.config import EngineConfig
     from binbaton.workers.engine.engine import Engine
+    from binbaton.workers.engine.replay import replay
 
     def run(
         checkpoint_dir: Path,
@@ -153,7 +126,7 @@ def run_exactness(
         kernel_backend: str = "torch",
         num_requests: int = 64,
         **config_overrides: Any,
-    ) -> ExactnessRun:
+    ) -> Any:  # ReplayRun
         arrivals = exactness_workload(num_requests)
         expected = hf_reference(checkpoint_dir, [a.request for a in arrivals])
         settings: dict[str, Any] = dict(
@@ -166,7 +139,7 @@ def run_exactness(
             kernel_backend=kernel_backend,
         )
         config = EngineConfig(**(settings | config_overrides))
-        result = drive(Engine(config), arrivals)
+        result = replay(Engine(config), arrivals)
         assert len(result.outputs) == len(arrivals)
         wrong = [
             (rid, expected[rid], list(out.token_ids))
@@ -177,3 +150,14 @@ def run_exactness(
         return result
 
     return run
+
+
+def __getattr__(name: str) -> Any:
+    """Old names (``from conftest import Arrival, drive``), loaded lazily; prefer
+    ``binbaton.workers.engine.replay``, which full-suite runs can always import."""
+    from binbaton.workers.engine import replay
+
+    aliases = {"Arrival": replay.Arrival, "drive": replay.replay}
+    if name not in aliases:
+        raise AttributeError(name)
+    return aliases[name]
