@@ -1,4 +1,4 @@
-"""``binbaton bench {model,engine,pipeline}``: side-by-side benchmarks (see bench/README.md)."""
+"""``binbaton bench {model,engine,pipeline,report}``: side-by-side benchmarks (bench/README.md)."""
 
 from __future__ import annotations
 
