@@ -155,7 +155,7 @@ def decode_attention(
     for name, t in (("query", query), ("k_cache", k_cache), ("v_cache", v_cache),
                     ("block_tables", block_tables)):
         launch.check_last_contiguous(name, t)
-    seq_lens = seq_lens.contiguous()
+    seq_lens = seq_lens.to(torch.int32).contiguous()  # one loop-bound type in the kernel
     if out is None:
         out = torch.empty_like(query)
     launch.check_output("out", out, query)
