@@ -225,21 +225,33 @@ def train_demo_model(
 
 
 def generated_lengths(
-    model_dir: Path, examples: Sequence[Example], max_new_tokens: int, batch_size: int = 16
+    model_dir: Path,
+    examples: Sequence[Example],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    batch_size: int = 16,
 ) -> list[int]:
-    """Greedy completion length (tokens, EOS counted) of each prompt with HF generate."""
+    """Completion length (tokens, EOS counted) of each prompt with HF generate.
+
+    temperature 0 is greedy; above 0, pure sampling at that temperature (seeded)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     lengths: list[int] = []
     for start in range(0, len(examples), batch_size):
         prompts = [ex.prompt for ex in examples[start : start + batch_size]]
         batch = tokenizer(prompts, return_tensors="pt", padding=True)
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, **sampling)
         new_tokens = out[:, batch.input_ids.shape[1] :]  # [B, <=max_new_tokens]
         for row in new_tokens.tolist():
             eos = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else None

@@ -115,7 +115,8 @@ def evaluate(predicted: np.ndarray, actual: np.ndarray, boundaries: BinBoundarie
 def train_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="binbaton train-predictor",
-        description="Train the learned length predictor and report held-out metrics.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL (prompt, response)")
     parser.add_argument("--model", type=Path, default=None, help="served model (its tokenizer)")
@@ -221,13 +222,14 @@ def demo_eval_main(argv: list[str]) -> int:
     parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
     parser.add_argument("--per-source", type=int, default=24)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     args = parser.parse_args(argv)
     _, held_out = split_examples(load_examples(args.data))
     count = length_counter(args.model)
     report = {}
     for source in sorted({ex.source for ex in held_out}):
         chosen = [ex for ex in held_out if ex.source == source][: args.per_source]
-        generated = generated_lengths(args.model, chosen, args.max_new_tokens)
+        generated = generated_lengths(args.model, chosen, args.max_new_tokens, args.temperature)
         report[source] = {
             "prompts": len(chosen),
             "generated_mean": round(float(np.mean(generated)), 1),
