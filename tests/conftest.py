@@ -150,14 +150,3 @@ def run_exactness(
         return result
 
     return run
-
-
-def __getattr__(name: str) -> Any:
-    """Old names (``from conftest import Arrival, drive``), loaded lazily; prefer
-    ``binbaton.workers.engine.replay``, which full-suite runs can always import."""
-    from binbaton.workers.engine import replay
-
-    aliases = {"Arrival": replay.Arrival, "drive": replay.replay}
-    if name not in aliases:
-        raise AttributeError(name)
-    return aliases[name]

@@ -10,7 +10,7 @@ import random
 
 import pytest
 from binbaton.kernels import ops
-from conftest import Arrival, drive
+from binbaton.workers.engine.replay import Arrival, replay
 
 pytest.importorskip("triton")
 ops.enable_interpreter()  # before any kernel module is imported (see ops.enable_interpreter)
@@ -55,7 +55,7 @@ def test_engine_with_triton_kernels_matches_hf_generate(checkpoint, request, hf_
                                  block_size=16, kernel_backend="triton"))
     assert engine.ops.name == "triton"
     assert launch.is_interpreted(decode_attention._decode_split_kernel)
-    run = drive(engine, arrivals)
+    run = replay(engine, arrivals)
     assert run.mid_decode_admissions > 0  # newcomers joined a batch mid-decode
     got = {rid: list(out.token_ids) for rid, out in run.outputs.items()}
     assert got == expected
