@@ -51,6 +51,7 @@ class Engine:
         self.running: list[Sequence] = []  # admission order (youngest last)
         self._rejected: list[GenerationOutput] = []
         self._preempted = 0  # this step
+        self._decode_started_at = 0.0  # unix time of this step's decode forward
         self.stats = EngineStats()
         self.last_step = StepStats()
 
@@ -79,6 +80,8 @@ class Engine:
         prefill_s, prefill_tokens = self._timed(self._prefill, newcomers)
         outputs += self._retire()  # newcomers done on their first token
         decode_s, decoded = self._timed(self._decode, list(self.running))
+        if newcomers and decoded and self.config.insertion:
+            self._mark_inserted(newcomers)
         outputs += self._retire()
         self._record(outputs, newcomers, prefill_tokens, decoded, prefill_s, decode_s)
         return outputs
@@ -166,8 +169,11 @@ class Engine:
         input_ids = self._tensor([t for s in seqs for t in s.token_ids])  # [T]
         logits = self.model(input_ids, batch, self.cache.k, self.cache.v,
                             logits_index=cu_seqlens[1:] - 1)  # [B, V]
+        now = time.time()  # timeline for tracing: once per step, never per token
         for seq in seqs:
             seq.num_cached = len(seq.token_ids)
+            if seq.prefill_finished_at is None:
+                seq.prefill_finished_at = now
         self.running.extend(seqs)
         self._sample(seqs, logits)
         return len(input_ids)
@@ -189,11 +195,19 @@ class Engine:
             seq_lens=(positions + 1).to(torch.int32),
         )
         input_ids = self._tensor([s.token_ids[-1] for s in seqs])  # [B]
+        self._decode_started_at = time.time()
         logits = self.model(input_ids, batch, self.cache.k, self.cache.v, logits_index=rows)
         for seq in seqs:
             seq.num_cached = len(seq.token_ids)
         self._sample(seqs, logits)
         return len(seqs)
+
+    def _mark_inserted(self, newcomers: list[Sequence]) -> None:
+        """Newcomers in this step's decode joined the running batch when it started."""
+        decoded = set(map(id, self.running))  # retirement comes later: all decoded are here
+        for seq in newcomers:
+            if seq.inserted_at is None and id(seq) in decoded:
+                seq.inserted_at = self._decode_started_at
 
     def _grow(self, seqs: list[Sequence]) -> None:
         """Give each sequence a block for its next token, preempting the youngest if full."""

@@ -58,9 +58,13 @@ class GenerationOutput:
     error: EngineError | None = None
     bin: int = 0
     # Unix times in seconds (time.time()); None when the stage never happened.
-    admitted_at: float | None = None
+    admitted_at: float | None = None  # the scheduler took it: its prefill starts
     first_token_at: float | None = None
     finished_at: float = 0.0
+    prefill_finished_at: float | None = None  # its own prefill forward pass ended
+    # Its K/V joined the running batch: the first decode step it took part in (insertion
+    # policies only; None for static batches, and for requests done on their first token).
+    inserted_at: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -26,6 +26,8 @@ class Sequence:
     text: str | None = None  # final text when a stop string cut it
     admitted_at: float | None = None
     first_token_at: float | None = None
+    prefill_finished_at: float | None = None
+    inserted_at: float | None = None
 
     @property
     def id(self) -> str:
@@ -64,6 +66,8 @@ class Sequence:
             admitted_at=self.admitted_at,
             first_token_at=self.first_token_at,
             finished_at=time.time(),
+            prefill_finished_at=self.prefill_finished_at,
+            inserted_at=self.inserted_at,
         )
 
 
