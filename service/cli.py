@@ -154,10 +154,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from binbaton.service.config import (
         engine_config,
         kafka_config,
+        metrics_config,
         resolve_worker_bins,
+        tracing_config,
         worker_config,
     )
+    from binbaton.service.metrics import Metrics
     from binbaton.service.topics import ensure_topics
+    from binbaton.service.tracing import WORKER_SERVICE, setup_tracing
     from binbaton.workers.worker import run_worker
 
     values = _values(args)
@@ -171,7 +175,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     plan = {worker.bin_topic(b): partitions for b in bins}
     plan |= {worker.results_topic: partitions, worker.dlq_topic: 1}
     asyncio.run(ensure_topics(kafka.bootstrap_servers, plan, strict=False))
-    return run_worker(worker, engine, kafka)
+    telemetry = setup_tracing(WORKER_SERVICE, tracing_config(values),
+                              bootstrap_servers=kafka.bootstrap_servers,
+                              traces_topic=f"{worker.topic_prefix}.traces", model=engine.model,
+                              resource_attributes={"service.instance.id": worker.worker_id})
+    metrics, metrics_settings = Metrics(model=engine.model), metrics_config(values)
+    port = metrics.serve(metrics_settings)
+    if port is not None:
+        log.info("worker metrics on port %d", port)
+    try:
+        return run_worker(worker, engine, kafka, telemetry=telemetry,
+                          metrics=metrics if port is not None else None)
+    finally:
+        telemetry.shutdown()
+        metrics.close()
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

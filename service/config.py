@@ -159,7 +159,8 @@ FLAGS: dict[str, Flag] = {
              "OpenTelemetry spans to <prefix>.traces (and OTLP when OTEL_EXPORTER_OTLP_ENDPOINT "
              "is set); false turns tracing off"),
         Flag("metrics-port", non_negative_int, 0,
-             "Prometheus metrics of the classifier on this port (0: off)"),
+             "Prometheus metrics on this port (0: off); `up`: the classifier's, and worker i "
+             "of `up` takes this port + 1 + i"),
         Flag("log-level", one_of("DEBUG", "INFO", "WARNING", "ERROR"), "WARNING", "log level"),
     ]
 }
@@ -173,7 +174,7 @@ CLASSIFIER_FLAGS = ("model", "predictor", "predictor-path", "predictor-snapshot"
                     "observe-cache", "metrics-port")
 ENGINE_FLAGS = ("model", "device", "dtype", "policy", "max-batch", "kv-budget-tokens",
                 "block-size", "kernel-backend", "max-model-len")
-WORKER_FLAGS = ("max-in-flight", "worker-id", "drain-timeout")
+WORKER_FLAGS = ("max-in-flight", "worker-id", "drain-timeout", "metrics-port")
 
 
 def unique(*groups: Iterable[str]) -> list[str]:

@@ -111,10 +111,18 @@ class WorkerProcess:
                 await asyncio.wait_for(self._pump, 5)
 
 
+def worker_metrics_port(classifier_port: int | None, index: int) -> int:
+    """Worker ``index``'s metrics port under ``up``: the classifier's port + 1 + index, or
+    0 (off) when the classifier's is off; never the same port for two processes."""
+    return classifier_port + 1 + index if classifier_port else 0
+
+
 def worker_argv(values: Mapping[str, Any], bootstrap: str, bins: Sequence[int], device: str,
                 index: int) -> list[str]:
     passed = dict(values)
     passed["device"] = device
+    # Always given explicitly, so a $BINBATON_METRICS_PORT meant for `up` is not reused.
+    passed["metrics_port"] = worker_metrics_port(values.get("metrics_port"), index)
     if values.get("worker_id"):
         passed["worker_id"] = f"{values['worker_id']}-{index}"
     names = unique(("topic-prefix", "partitions", "tracing", "log-level"), ENGINE_FLAGS,

@@ -17,6 +17,15 @@ Flow control and delivery (DESIGN.md, "Delivery semantics"):
 Shutdown (SIGTERM/SIGINT): stop taking messages, let in-flight requests finish within
 ``drain_timeout_s``, publish and commit them, leave the groups. A second signal skips
 the rest of the drain.
+
+Observability (optional ``Telemetry`` and ``Metrics``): each record gets a
+``process binbaton.bin.<i>`` span (from the moment it was taken until its result is
+acknowledged); its queue wait / prefill / kv insert / decode children are made after the
+request finished, from the engine's timestamps, so tracing adds nothing to decoding; the
+``send binbaton.results`` span ends on the broker's ack and its context travels in the
+result's headers. Metrics: results by status, TTFT/TPOT/duration histograms, tokens and
+predictor error once a result is acknowledged; per-bin queue depth on every take and
+finish; consumer lag and batch occupancy every ``GAUGE_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -43,7 +52,16 @@ from binbaton.schemas.codec import (
     now_ms,
     recover_id,
 )
-from binbaton.schemas.messages import BinnedRequest, ErrorInfo, Timings
+from binbaton.schemas.messages import BinnedRequest, DeadLetter, ErrorInfo, Result, Timings
+from binbaton.service.metrics import Metrics, update_consumer_lag
+from binbaton.service.tracing import (
+    BIN,
+    WORKER_SERVICE,
+    GenerationTimeline,
+    Telemetry,
+    mark_error,
+    seconds_to_ns,
+)
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.engine.request import GenerationOutput, GenerationRequest
 from binbaton.workers.messages import (
@@ -53,11 +71,13 @@ from binbaton.workers.messages import (
     trace_headers,
 )
 from binbaton.workers.offsets import OffsetTracker
+from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
 STAGE = "worker"
 PUBLISH_RETRY_S = 0.5
+GAUGE_INTERVAL_S = 1.0  # consumer lag and batch occupancy refresh
 
 
 class WorkerError(RuntimeError):
@@ -104,6 +124,8 @@ class BinConsumer(ConsumerRebalanceListener):
         self.repauses = 0  # ... of which right after a rebalance assigned partitions
         self._commit_lock = asyncio.Lock()
         self._last_commit = time.monotonic()
+        self._gauges_updated = 0.0
+        self.depth = 0  # records of this bin taken and not yet finished (queue depth)
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Commit what is acknowledged, then forget: the new owner starts from there.
@@ -149,6 +171,15 @@ class BinConsumer(ConsumerRebalanceListener):
         if time.monotonic() - self._last_commit >= interval_s:
             await self.commit()
 
+    async def maybe_update_lag(self, metrics: Metrics | None) -> bool:
+        """Refresh this consumer's lag gauges every GAUGE_INTERVAL_S; True if it did."""
+        if metrics is None or time.monotonic() - self._gauges_updated < GAUGE_INTERVAL_S:
+            return False
+        self._gauges_updated = time.monotonic()
+        with contextlib.suppress(KafkaError, AssertionError):  # rebalancing: next time
+            await update_consumer_lag(metrics, self.consumer)
+        return True
+
 
 class Worker:
     """Serves the configured bins until ``stop`` is set; see the module docstring."""
@@ -159,11 +190,15 @@ class Worker:
         kafka: KafkaSettings,
         engine: EngineService,
         on_ready: Callable[[], None] | None = None,
+        telemetry: Telemetry | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.kafka = kafka
         self.engine = engine
         self.on_ready = on_ready
+        self.telemetry = telemetry or Telemetry.disabled(WORKER_SERVICE)
+        self.metrics = metrics
         self.in_flight = 0
         self.served = 0  # results acknowledged (ok or error)
         self.failed = False  # the engine broke: exit non-zero, leave messages uncommitted
@@ -300,6 +335,8 @@ class Worker:
                 )
                 self._take(bin_consumer, batch)
             await bin_consumer.maybe_commit(config.commit_interval_s)
+            if await bin_consumer.maybe_update_lag(self.metrics):
+                self._update_batch_gauge()
 
     async def _wait_for_capacity(self, timeout: float) -> None:
         self._capacity_freed.clear()
@@ -316,6 +353,7 @@ class Worker:
         self, bin_consumer: BinConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
     ) -> None:
         assigned = bin_consumer.consumer.assignment()
+        received = time.time()  # queue wait starts (the process span too)
         for tp, records in batch.items():
             if tp not in assigned:  # revoked while the poll returned: the new owner reads it
                 continue
@@ -326,63 +364,96 @@ class Worker:
                     break
                 bin_consumer.tracker.track(tp, record.offset)
                 self.in_flight += 1
-                task = asyncio.create_task(self._handle(bin_consumer, tp, record))
+                self._set_depth(bin_consumer, +1)
+                task = asyncio.create_task(self._handle(bin_consumer, tp, record, received))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
     # -- serving one message -------------------------------------------------------------
 
     async def _handle(
-        self, bin_consumer: BinConsumer, tp: TopicPartition, record: ConsumerRecord
+        self, bin_consumer: BinConsumer, tp: TopicPartition, record: ConsumerRecord,
+        received: float,
     ) -> None:
         acknowledged = False
+        span = self.telemetry.start_process(
+            record, self.config.group_id(bin_consumer.bin), start_ns=seconds_to_ns(received),
+            attributes={BIN: bin_consumer.bin})
         try:
             try:
-                acknowledged = await self._serve_record(bin_consumer, record)
+                acknowledged = await self._serve_record(bin_consumer, record, span, received)
             except Exception as exc:  # a bug: answer the request instead of stalling commits
                 log.exception("serving %s[%d]@%d failed", record.topic, record.partition,
                               record.offset)
+                mark_error(span, exc)
                 error = ErrorInfo("internal", f"worker error: {exc!r}")
                 acknowledged = await self._reject(record, bin_consumer.bin, error,
-                                                  recover_id(record.value or b""),
-                                                  trace_headers(record.headers))
+                                                  recover_id(record.value or b""), span)
+        except BaseException as exc:  # cancelled by the drain: redelivered later
+            mark_error(span, exc)
+            raise
         finally:
+            span.end()
             if acknowledged:
                 bin_consumer.tracker.done(tp, record.offset)
                 self.served += 1
             self.in_flight -= 1
+            self._set_depth(bin_consumer, -1)
             self._capacity_freed.set()
 
-    async def _serve_record(self, bin_consumer: BinConsumer, record: ConsumerRecord) -> bool:
+    async def _serve_record(self, bin_consumer: BinConsumer, record: ConsumerRecord,
+                            span: Span, received: float) -> bool:
         """Serve one message; True once everything it caused is acknowledged."""
-        headers = trace_headers(record.headers)
         try:
             binned = decode_binned(record.value or b"")
         except InvalidMessage as exc:
             error = ErrorInfo(exc.code, str(exc))
-            return await self._reject(record, bin_consumer.bin, error, exc.request_id, headers)
+            return await self._reject(record, bin_consumer.bin, error, exc.request_id, span)
+        self.telemetry.annotate(span, binned)
         try:
             request = to_generation_request(binned)
         except ValueError as exc:
             error = ErrorInfo("invalid_request", f"invalid binned request: {exc}")
-            return await self._reject(record, bin_consumer.bin, error, binned.request.id, headers,
+            return await self._reject(record, bin_consumer.bin, error, binned.request.id, span,
                                       binned)
         try:
             output = await asyncio.shield(self._submit(request))
-        except Exception:
+        except Exception as exc:
             # The engine itself broke: leave the message uncommitted for a healthy worker.
             log.exception("engine failed on request %s; stopping", request.id)
+            mark_error(span, exc)
             self.failed = True
             self._stop.set()
             return False
+        if self.telemetry.enabled:  # the stages, from the engine's timestamps, afterwards
+            timeline = GenerationTimeline.from_output(output, received)
+            self.telemetry.record_generation(span, timeline, request.id)
         result = build_result(binned, output, self.config.worker_id)
-        sends = [self._publish(self.config.results_topic, result, request.id, headers)]
+        self.telemetry.annotate(span, result)
+        sends = [self._publish(self.config.results_topic, result, request.id, record, span)]
         if output.error is not None:
+            mark_error(span, output.error.code)
             letter = dead_letter(record.value, result.error, record.topic, record.partition,
                                  record.offset, request.id, STAGE)
-            sends.append(self._publish(self.config.dlq_topic, letter, request.id, headers))
+            sends.append(self._publish(self.config.dlq_topic, letter, request.id, record, span))
         await asyncio.gather(*sends)
+        if self.metrics is not None:
+            self.metrics.observe_result(result, STAGE)
         return True
+
+    def _set_depth(self, bin_consumer: BinConsumer, change: int) -> None:
+        bin_consumer.depth += change
+        if self.metrics is not None:
+            self.metrics.set_queue_depth(bin_consumer.bin, bin_consumer.depth)
+            if change < 0:
+                self._update_batch_gauge()
+
+    def _update_batch_gauge(self) -> None:
+        """Running sequences over ``max_batch`` of the engine behind an AsyncEngine."""
+        engine = getattr(self.engine, "engine", None)
+        if self.metrics is None or engine is None:
+            return
+        self.metrics.set_batch(engine.last_step.running, engine.config.max_batch)
 
     def _submit(self, request: GenerationRequest) -> asyncio.Future[GenerationOutput]:
         # A redelivered id still in the engine (revoke, then re-assign) shares its future.
@@ -399,16 +470,18 @@ class Worker:
         bin: int,
         error: ErrorInfo,
         request_id: str | None,
-        headers: Headers,
+        span: Span,
         binned: BinnedRequest | None = None,
     ) -> bool:
         """A message the worker cannot serve: a DeadLetter, and an error Result if the id is
         known."""
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
                     record.offset, error.message)
+        mark_error(span, error.code)
         letter = dead_letter(record.value, error, record.topic, record.partition, record.offset,
                              request_id, STAGE)
-        sends = [self._publish(self.config.dlq_topic, letter, request_id, headers)]
+        sends = [self._publish(self.config.dlq_topic, letter, request_id, record, span)]
+        result: Result | None = None
         if request_id is not None:
             timings = Timings(finished=now_ms())
             if binned is not None:
@@ -417,23 +490,46 @@ class Worker:
             metadata = dict(binned.request.metadata) if binned is not None else None
             result = error_result(request_id, error, timings=timings, metadata=metadata,
                                   bin=bin, worker=self.config.worker_id)
-            sends.append(self._publish(self.config.results_topic, result, request_id, headers))
+            self.telemetry.annotate(span, result)
+            sends.append(self._publish(self.config.results_topic, result, request_id, record,
+                                       span))
         await asyncio.gather(*sends)
+        if self.metrics is not None:
+            if result is not None:
+                self.metrics.observe_result(result, STAGE)
+            else:
+                self.metrics.observe_rejected(STAGE, error.code)
         return True
 
-    async def _publish(self, topic: str, message: Any, key: str | None, headers: Headers) -> None:
-        """Send and wait for the broker's acknowledgement, retrying until it comes."""
+    async def _publish(self, topic: str, message: Any, key: str | None,
+                       record: ConsumerRecord, parent: Span) -> None:
+        """Send and wait for the broker's acknowledgement, retrying until it comes.
+
+        Traced: under a ``send <topic>`` span (child of ``parent``, ended on the ack) whose
+        context goes in the headers. Untraced: the record's trace headers pass on unchanged.
+        """
         assert self._producer is not None
         value = encode(message)
         key_bytes = key.encode() if key is not None else None
-        while True:
-            try:
-                await self._producer.send_and_wait(topic, value=value, key=key_bytes,
-                                                   headers=headers or None)
-                return
-            except KafkaError as exc:
-                log.warning("publish to %s failed (%r); retrying", topic, exc)
-                await asyncio.sleep(PUBLISH_RETRY_S)
+        described = None if isinstance(message, DeadLetter) else message  # no request fields
+        send = self.telemetry.start_send(topic, key, message=described, parent=parent)
+        headers: Headers = (send.headers if self.telemetry.enabled
+                            else trace_headers(record.headers))
+        try:
+            while True:
+                try:
+                    metadata = await self._producer.send_and_wait(
+                        topic, value=value, key=key_bytes, headers=headers or None)
+                    break
+                except KafkaError as exc:
+                    log.warning("publish to %s failed (%r); retrying", topic, exc)
+                    await asyncio.sleep(PUBLISH_RETRY_S)
+        except BaseException as exc:
+            send.end(exc)
+            raise
+        if metadata is not None:
+            send.acknowledged(metadata)
+        send.end()
 
 
 # -- entry points ----------------------------------------------------------------------
@@ -446,9 +542,14 @@ async def serve(
     stop: asyncio.Event,
     abort: asyncio.Event | None = None,
     on_ready: Callable[[], None] | None = None,
+    telemetry: Telemetry | None = None,
+    metrics: Metrics | None = None,
 ) -> int:
-    """The async core: run a Worker until ``stop`` is set. Returns the exit code."""
-    return await Worker(worker_config, kafka, engine, on_ready).run(stop, abort)
+    """The async core: run a Worker until ``stop`` is set. Returns the exit code.
+
+    ``telemetry``/``metrics`` are the caller's (it shuts them down); None: off."""
+    worker = Worker(worker_config, kafka, engine, on_ready, telemetry, metrics)
+    return await worker.run(stop, abort)
 
 
 def run_worker(
@@ -456,11 +557,14 @@ def run_worker(
     engine_config: Any,
     kafka: KafkaSettings,
     on_ready: Callable[[], None] | None = None,
+    telemetry: Telemetry | None = None,
+    metrics: Metrics | None = None,
 ) -> int:
     """Blocking entry point (``binbaton worker``): load the model, serve until a signal.
 
     ``engine_config`` is a ``binbaton.workers.engine.config.EngineConfig``. SIGTERM or
     SIGINT drains; a second one skips the rest of the drain. Returns the exit code.
+    ``telemetry``/``metrics``: the caller's, shut down by the caller; None: off.
     """
     from binbaton.workers.engine.async_engine import AsyncEngine
     from binbaton.workers.engine.engine import Engine
@@ -470,7 +574,8 @@ def run_worker(
     except (ValueError, OSError) as exc:  # unsupported architecture, missing files, …
         log.error("worker cannot load model %s: %s", engine_config.model, exc)
         return 1
-    return asyncio.run(_run_until_signal(worker_config, engine, kafka, on_ready))
+    return asyncio.run(_run_until_signal(worker_config, engine, kafka, on_ready, telemetry,
+                                         metrics))
 
 
 async def _run_until_signal(
@@ -478,6 +583,8 @@ async def _run_until_signal(
     engine: EngineService,
     kafka: KafkaSettings,
     on_ready: Callable[[], None] | None,
+    telemetry: Telemetry | None,
+    metrics: Metrics | None,
 ) -> int:
     stop, abort = asyncio.Event(), asyncio.Event()
 
@@ -493,7 +600,8 @@ async def _run_until_signal(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        return await serve(worker_config, engine, kafka, stop, abort, on_ready)
+        return await serve(worker_config, engine, kafka, stop, abort, on_ready, telemetry,
+                           metrics)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
