@@ -121,6 +121,27 @@ def test_every_binbaton_value_parses_as_its_flag(services: dict[str, Any]) -> No
     assert not failures, "\n".join(failures)
 
 
+def test_every_binbaton_variable_is_read_by_the_command_the_service_runs(
+    services: dict[str, Any],
+) -> None:
+    """Stricter than "config.py reads it": the service's own command has that flag (a
+    worker's BINBATON_METRICS_PORT must reach the worker, not only the classifier)."""
+    from binbaton.service.cli import COMMAND_FLAGS
+    from binbaton.service.config import FLAGS
+
+    failures = []
+    for name, service in services.items():
+        command = service.get("command")
+        if not command or command[0] not in COMMAND_FLAGS:
+            continue
+        read = {FLAGS[flag].env for flag in COMMAND_FLAGS[command[0]]}
+        if command[0] == "worker":
+            read.add(FLAGS["bins"].env)  # the worker's --bins (indices), its own argument
+        failures += [f"{name} ({command[0]}): {variable}" for variable in environment(service)
+                     if variable.startswith("BINBATON_") and variable not in read]
+    assert not failures, f"variables the service's command does not read: {failures}"
+
+
 def test_topic_names_match_the_code(services: dict[str, Any]) -> None:
     from binbaton.service.config import TopicsConfig
 
