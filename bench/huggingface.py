@@ -125,10 +125,12 @@ def run_continuous(
     """All requests added at t=0 to transformers' continuous batching manager."""
     max_len = max(len(r.prompt_token_ids) + r.output_tokens for r in requests)
     generation = GenerationConfig(do_sample=False, eos_token_id=NO_EOS, max_new_tokens=1)
-    manager = model.init_continuous_batching(
-        generation_config=generation,
-        continuous_batching_config=continuous_batching_config(batch, max_len, page_size),
-    )
+    init_kwargs: dict[str, Any] = {"generation_config": generation}
+    if "continuous_batching_config" in inspect.signature(model.init_continuous_batching).parameters:
+        init_kwargs["continuous_batching_config"] = continuous_batching_config(
+            batch, max_len, page_size
+        )  # without it (older transformers) the manager sizes its cache itself
+    manager = model.init_continuous_batching(**init_kwargs)
     accepts = inspect.signature(manager.add_request).parameters
     manager.start()
     try:
