@@ -1,11 +1,14 @@
-"""``binbaton bench {model,engine,pipeline,report}``: side-by-side benchmarks (bench/README.md)."""
+"""``binbaton bench {model,engine,pipeline,kernels,report}``: side-by-side benchmarks.
+
+What each measures and the latest figures: bench/README.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from binbaton.bench import engine, model_cli, pipeline, report
+from binbaton.bench import engine, kernels, model_cli, pipeline, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_arguments(
         sub.add_parser("pipeline", help="the workload through Kafka vs the engine alone")
     )
+    kernels.add_arguments(
+        sub.add_parser("kernels", help="decode attention: Triton vs SDPA vs the torch twin")
+    )
     report.add_arguments(sub.add_parser("report", help="Markdown table of results files"))
     return parser
 
@@ -33,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             return engine.main(args)
         if args.command == "pipeline":
             return pipeline.main(args)
+        if args.command == "kernels":
+            return kernels.main(args)
         if args.command == "report":
             return report.main(args)
     except (ValueError, FileNotFoundError) as exc:

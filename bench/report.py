@@ -4,14 +4,17 @@ Ratios are read against the file's standard static batching row: per wall-clock 
 per CPU-second (robust on shared cores) and, for binbaton rows, in decode steps (how many
 scheduler iterations static needs per one of this row's: what a device whose step cost does
 not grow with the batch, like a GPU at these sizes, would turn into throughput).
+A ``bench kernels`` file gets a table of its own: time and achieved bandwidth per system,
+batch and context.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
+
+from binbaton.bench.results import is_kernel_row, read_result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,14 +65,29 @@ def table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def kernel_table(data: dict[str, Any]) -> str:
+    lines = [
+        "| system | batch | context | time µs | achieved GB/s | % of device copy |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["rows"]:
+        share = r.get("fraction_of_copy")
+        lines.append(
+            f"| {r['system']} | {r['batch']} | {r['context']} | {r['time_us']:.4g} "
+            f"| {r['achieved_gb_per_s']:.4g} | {'–' if share is None else f'{100 * share:.1f}%'} |"
+        )
+    return "\n".join(lines)
+
+
 def main(args: argparse.Namespace) -> int:
     for path in args.files:
-        data = json.loads(path.read_text())
+        data = read_result(path)
         workload = data["workload"]
+        kernels = bool(data["rows"]) and all(is_kernel_row(r) for r in data["rows"])
         print(f"### {path.name}\n")
+        size = "" if kernels else f", {workload.get('requests')} requests"
         print(f"device: {data['device']}; model: {data['model'].get('name')}; workload: "
-              f"{workload.get('name')}, {workload.get('requests')} requests; "
-              f"started {data['started']}\n")
-        print(table(data))
+              f"{workload.get('name')}{size}; started {data['started']}\n")
+        print(kernel_table(data) if kernels else table(data))
         print()
     return 0

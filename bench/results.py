@@ -2,7 +2,9 @@
 
 A run writes ``bench/results/<YYYY-MM-DD>-<device>-<name>.json`` holding ``device``,
 ``model``, ``workload``, ``started`` and ``rows`` (one per system measured in that run).
-Ratios are read between rows of one file.
+Ratios are read between rows of one file. ``read_result`` loads any such file back: the
+throughput rows above, or the kernel rows of ``bench kernels`` (one per system, batch and
+context, with time and achieved bandwidth); every other field a row carries is kept.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ import numpy as np
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SYSTEMS = ("binbaton", "hf-generate", "hf-continuous", "model", "pipeline")
 POLICIES = ("static", "multibin-static", "insert", "multibin-insert", "")
+RESULT_FIELDS = ("device", "model", "workload", "started", "rows")
+THROUGHPUT_ROW_FIELDS = (
+    "system", "policy", "bins", "batch", "output_tokens_per_s", "requests_per_s",
+    "ttft_ms", "latency_ms", "peak_memory_mb",
+)
+KERNEL_ROW_FIELDS = ("system", "batch", "context", "time_us", "achieved_gb_per_s")
 
 
 @dataclass(frozen=True)
@@ -140,3 +148,25 @@ def write_result(result: BenchResult, out_dir: Path = RESULTS_DIR) -> Path:
     path = result.path(out_dir)
     path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return path
+
+
+def is_kernel_row(row: dict[str, Any]) -> bool:
+    """A ``bench kernels`` row (an op timed at one batch and context), not a throughput row."""
+    return "achieved_gb_per_s" in row
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A results file as written, checked for the fields every reader relies on."""
+    data = json.loads(Path(path).read_text())
+    missing = [key for key in RESULT_FIELDS if key not in data]
+    if missing:
+        raise ValueError(f"{path}: not a results file, missing {missing}")
+    for i, row in enumerate(data["rows"]):
+        kernel = is_kernel_row(row)
+        required = KERNEL_ROW_FIELDS if kernel else THROUGHPUT_ROW_FIELDS
+        absent = [key for key in required if key not in row]
+        if absent:
+            raise ValueError(f"{path}: row {i} lacks {absent}")
+        if not kernel and row["system"] not in SYSTEMS:
+            raise ValueError(f"{path}: row {i} has unknown system {row['system']!r}")
+    return data
