@@ -2,6 +2,10 @@
 
 Presets (random weights, real tokenizer, written to a temporary directory):
 - ``tiny``: a small Llama sized for a 2-core CPU run of minutes.
+- ``wide``: a wide, shallow Llama (hidden 1536, 2 layers, intermediate 4x) whose ~280 MB of
+  float32 weights exceed what a core keeps in cache, so that on a CPU, as on a GPU, a
+  decode step is bound by reading the weights and costs nearly the same for 1 or 16
+  sequences (bench/README.md has the measured step costs).
 - ``qwen2.5-0.5b-shape``: Qwen2.5-0.5B's layer shapes (24 layers, hidden 896, 14 heads,
   2 KV heads) with random weights, for the GPU benchmark. Its vocabulary is the tiny
   tokenizer's (~1k ids, not 152k), which makes the LM head cheaper than the real model's.
@@ -22,6 +26,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_hidden_layers=4,
         num_attention_heads=8,
         num_key_value_heads=4,
+        max_position_embeddings=4096,
+    ),
+    "wide": dict(
+        arch="llama",
+        hidden_size=1536,
+        intermediate_size=6144,
+        num_hidden_layers=2,
+        num_attention_heads=24,
+        num_key_value_heads=12,
         max_position_embeddings=4096,
     ),
     "qwen2.5-0.5b-shape": dict(
