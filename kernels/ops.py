@@ -8,7 +8,6 @@ CPU under TRITON_INTERPRET=1), ``auto`` picks triton on CUDA and torch elsewhere
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -48,38 +47,6 @@ def triton_available(device: torch.device) -> bool:
     except ImportError:
         return False
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-# Modules that hold @triton.jit kernels; "interpreted or compiled" is fixed when they load.
-KERNEL_MODULES: tuple[str, ...] = tuple(
-    f"binbaton.kernels.{name}"
-    for name in ("triton_ops", "decode_attention", "prefill_attention", "kv_store", "rms_norm",
-                 "launch")
-)
-
-
-def enable_interpreter() -> None:
-    """From now on run the Triton kernels through Triton's interpreter (CPU tensors work).
-
-    The interpreter is chosen when triton.language and the kernel modules are imported,
-    so if this process already imported them compiled, their Python modules are imported
-    again (triton's C extension stays loaded). Call before using the kernels, not while
-    kernels run.
-    """
-    os.environ["TRITON_INTERPRET"] = "1"
-    jit = sys.modules.get("triton.runtime.jit")
-    standard = sys.modules.get("triton.language.standard")
-    if jit is None or standard is None or not isinstance(standard.zeros, jit.JITFunction):
-        return  # triton not imported yet, or already interpreted
-    stale = [
-        name for name in sys.modules
-        if (name == "triton" or name.startswith("triton.")) and not name.startswith("triton._C")
-    ]
-    for name in (*stale, *KERNEL_MODULES):
-        sys.modules.pop(name, None)
-    package = sys.modules["binbaton.kernels"]
-    for name in KERNEL_MODULES:  # `from binbaton.kernels import x` reads these first
-        vars(package).pop(name.rsplit(".", 1)[1], None)
 
 
 def triton_ops() -> KernelOps:
