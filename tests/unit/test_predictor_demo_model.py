@@ -1,5 +1,6 @@
 """The committed demo model: small, loadable, and its answer length depends on the prompt."""
 
+import pytest
 import torch
 from binbaton.service.training import DEMO_MODEL_DIR
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -16,12 +17,14 @@ ROLEPLAY_PROMPT = (
 )
 
 
-def completion_lengths(model, tokenizer, prompt: str, samples: int) -> list[int]:
-    batch = tokenizer([prompt] * samples, return_tensors="pt")
+def completion_lengths(model, tokenizer, prompts: list[str]) -> list[int]:
+    """Sampled completion length of each prompt (one left-padded batch)."""
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
     with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=160, do_sample=True, temperature=0.8, top_k=0)
+        out = model.generate(**batch, max_new_tokens=128, do_sample=True, temperature=0.8, top_k=0)
     lengths = []
-    for row in out[:, batch.input_ids.shape[1] :].tolist():  # [samples, <= 160]
+    for row in out[:, batch.input_ids.shape[1] :].tolist():  # [len(prompts), <= 128]
         eos = tokenizer.eos_token_id
         lengths.append(row.index(eos) + 1 if eos in row else len(row))
     return lengths
@@ -34,12 +37,21 @@ def test_demo_model_is_small_and_complete():
     assert sum(files.values()) < 20_000_000
 
 
-def test_demo_model_answers_a_tool_call_shorter_than_a_role_play():
+@pytest.fixture
+def one_thread():
+    """HF generate of a tiny model: 1 thread (2 spin against each other on a busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_demo_model_answers_a_tool_call_shorter_than_a_role_play(one_thread):
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL_DIR)
     model = AutoModelForCausalLM.from_pretrained(DEMO_MODEL_DIR, dtype=torch.float32).eval()
     assert model.config.model_type == "llama"
     assert tokenizer("hi").input_ids[0] == tokenizer.bos_token_id
-    tool = completion_lengths(model, tokenizer, TOOL_PROMPT, samples=8)
-    story = completion_lengths(model, tokenizer, ROLEPLAY_PROMPT, samples=8)
+    lengths = completion_lengths(model, tokenizer, [TOOL_PROMPT] * 8 + [ROLEPLAY_PROMPT] * 8)
+    tool, story = lengths[:8], lengths[8:]
     assert sum(tool) / len(tool) < 0.6 * sum(story) / len(story), (tool, story)
