@@ -18,6 +18,7 @@ from typing import Any
 from binbaton.service.config import (
     CLASSIFIER_FLAGS,
     ENGINE_FLAGS,
+    FLAGS,
     KAFKA_FLAGS,
     TOPIC_FLAGS,
     WORKER_FLAGS,
@@ -289,8 +290,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from binbaton.service.demo import run_demo
 
     values = _values(args)
-    return run_until_signal(lambda stop: run_demo(values, stop, requests=args.requests,
-                                                 time_scale=args.time_scale))
+    for name in ("requests", "time_scale", "max_tokens"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+    # k from --bins or $BINBATON_BINS, else the workload's own default
+    bins_given = args.bins is not None or values["bins"] != FLAGS["bins"].default
+    return run_until_signal(lambda stop: run_demo(
+        values, stop, kind=args.workload, requests=args.requests, time_scale=args.time_scale,
+        max_tokens=args.max_tokens, bins_given=bins_given))
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -357,10 +364,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("predict", cmd_predict,
             "Request JSON lines on stdin -> {id, predicted_tokens, bin} lines (no Kafka)")
-    demo = command("demo", cmd_demo, "up + a replayed trace slice + a summary table")
-    demo.add_argument("--requests", type=int, default=None, help="how many trace requests")
+    demo = command("demo", cmd_demo, "up + a replayed workload + a summary table")
+    demo.add_argument("--workload", choices=("prompts", "trace"), default="prompts",
+                      help="prompts: held-out instruction prompts, the learned predictor and "
+                           "the model's own stopping (default); trace: the Azure trace's "
+                           "lengths with ignore_eos, routed by the oracle predictor")
+    demo.add_argument("--requests", type=int, default=None,
+                      help="how many requests (default: 300 prompts, 200 trace rows)")
     demo.add_argument("--time-scale", type=float, default=None,
-                      help="replay the trace this many times faster")
+                      help="replay the arrivals this many times faster "
+                           "(default: squeezed into about 20 s)")
+    demo.add_argument("--max-tokens", type=int, default=None,
+                      help="prompts: each request's max_tokens (default 256)")
     command("schema", cmd_schema, "print the JSON Schema of Request and Result")
     sub.add_parser("bench", help="side-by-side benchmarks (binbaton bench --help)")
     sub.add_parser("train-predictor", help="train the length predictor")

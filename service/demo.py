@@ -1,11 +1,20 @@
-"""``binbaton demo``: `up`, a replayed slice of the Azure trace, and a summary table.
+"""``binbaton demo``: `up`, a replayed workload, and a summary table.
 
 Runs from a fresh clone without network: with no ``--model`` it serves the demo model
-committed under ``service/artifacts/demo-model`` when present, else a small random-init
-Llama checkpoint (real tokenizer, Hugging Face format) created once under
-``.cache/binbaton/``. The trace's lengths are scaled down to this machine; requests
-carry ``ignore_eos`` and ``metadata.length_hint`` so every answer has its trace length and
-the ``oracle`` predictor routes it (the trace has no prompt text to predict from).
+committed under ``service/artifacts/demo-model`` (a small Llama trained on the instruction
+corpus, so its answers have prompt-dependent lengths) when present, else a small random-init
+Llama checkpoint (real tokenizer, Hugging Face format) created once under ``.cache/binbaton/``.
+
+Two workloads, both paced by the arrival times of the Azure trace slice (squeezed into
+about ``DEMO_SPAN_S`` seconds):
+
+- ``prompts`` (default): held-out instruction prompts kept in ``service/data/``; the
+  learned predictor (``--predictor auto``) predicts each answer's length, the model decides
+  when to stop (up to ``--max-tokens``), and the summary shows whether the actual lengths
+  follow the bins. Default 4 bins at the edges the predictor was trained and scored with.
+- ``trace``: the trace's own lengths, scaled down; requests carry ``ignore_eos`` and
+  ``metadata.length_hint`` so every answer has its trace length and the ``oracle``
+  predictor routes it (the trace has no prompt text to predict from).
 """
 
 from __future__ import annotations
@@ -19,16 +28,35 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
-from binbaton.schemas import Result
+from binbaton.schemas import Request, Result
 from binbaton.service.bins import BinBoundaries
 from binbaton.service.broker import DEFAULT_PORT, answers_metadata, free_port
-from binbaton.service.client import Outgoing, ResultFollower, produce, trace_requests
-from binbaton.service.config import kafka_config
-from binbaton.service.workload import TRACE_SLICE, load_trace
+from binbaton.service.client import (
+    Outgoing,
+    ResultFollower,
+    produce,
+    request_message,
+    trace_requests,
+)
+from binbaton.service.config import ClassifierConfig, kafka_config
+from binbaton.service.training import spearman
+from binbaton.service.workload import (
+    PROMPT_SLICE,
+    TRACE_SLICE,
+    PromptRow,
+    TraceRow,
+    load_prompts,
+    load_trace,
+)
 
-DEMO_REQUESTS = 200
+WORKLOADS = ("prompts", "trace")
+DEMO_REQUESTS = {"prompts": 300, "trace": 200}
 DEMO_SPAN_S = 20.0  # the replayed arrivals are squeezed into about this many seconds
+PROMPT_MAX_TOKENS = 256  # the model stops by itself; this caps answers that do not
+PROMPT_BINS = 4  # the learned predictor's edges are for k = 4
+TRACE_BINS = 3
 LENGTH_SCALE = 0.1  # trace output lengths (mean 211 tokens) -> about 21 tokens
 CONTEXT_SCALE = 0.02  # trace prompt lengths (mean 1155 tokens) -> about 23 words
 MAX_TOKENS_CAP = 96
@@ -59,11 +87,14 @@ def demo_model() -> Path:
     return path
 
 
-def demo_settings(values: Mapping[str, Any], workload: Sequence[Outgoing]) -> dict[str, Any]:
-    """The demo's `up` settings: the user's flags, and defaults that suit the demo."""
+def demo_settings(values: Mapping[str, Any], workload: Sequence[Outgoing],
+                  kind: str = "prompts", bins_given: bool = False) -> dict[str, Any]:
+    """The demo's `up` settings: the user's flags, and defaults that suit the workload.
+
+    ``bins_given``: the user chose ``--bins`` (else the workload's default k is used)."""
     settings = dict(values)
     settings["model"] = values.get("model") or str(demo_model())
-    if settings.get("predictor") in (None, "auto"):
+    if kind == "trace" and settings.get("predictor") in (None, "auto"):
         settings["predictor"] = "oracle"
     if not values.get("bootstrap_servers"):
         port = values.get("broker_port") or DEFAULT_PORT
@@ -73,35 +104,94 @@ def demo_settings(values: Mapping[str, Any], workload: Sequence[Outgoing]) -> di
     if settings.get("workers") is None:
         settings["workers"] = 2
     if settings.get("bin_edges") is None:
-        lengths = [int(_hint(message)) for message in workload]
-        settings["bin_edges"] = BinBoundaries.equal_mass(lengths, settings.get("bins") or 3).edges
+        default_bins = PROMPT_BINS if kind == "prompts" else TRACE_BINS
+        num_bins = (values.get("bins") if bins_given else None) or default_bins
+        settings["bins"] = num_bins
+        settings["bin_edges"] = (prompt_bin_edges(settings, workload, num_bins)
+                                 if kind == "prompts" else trace_bin_edges(workload, num_bins))
     return settings
 
 
-def _hint(message: Outgoing) -> str:
-    import msgspec
+def prompt_bin_edges(settings: Mapping[str, Any], workload: Sequence[Outgoing],
+                     num_bins: int) -> tuple[int, ...]:
+    """The edges the learned predictor was trained and scored with when it has k bins,
+    else equal-mass edges over the predictor's predictions for this workload."""
+    from binbaton.service.classifier import make_predictor
+    from binbaton.service.learned import LearnedPredictor
+    from binbaton.service.predictor import PredictionInput
 
+    config = ClassifierConfig(model=settings["model"], bin_edges=(),
+                              predictor=settings.get("predictor") or "auto",
+                              predictor_path=settings.get("predictor_path"))
+    predictor = make_predictor(config)
+    if isinstance(predictor, LearnedPredictor):
+        trained = tuple(predictor.model.info.get("bin_edges") or ())
+        if len(trained) + 1 == num_bins:
+            return trained
+    requests = [msgspec.json.decode(m.value, type=Request) for m in workload]
+    predicted = predictor.predict([PredictionInput(r.prompt, (), r.max_tokens, r.metadata)
+                                   for r in requests])
+    return BinBoundaries.equal_mass(predicted, num_bins).edges
+
+
+def trace_bin_edges(workload: Sequence[Outgoing], num_bins: int) -> tuple[int, ...]:
+    """Equal-mass edges over the trace requests' own lengths (what the oracle predicts)."""
+    lengths = [int(_hint(message)) for message in workload]
+    return BinBoundaries.equal_mass(lengths, num_bins).edges
+
+
+def _hint(message: Outgoing) -> str:
     return msgspec.json.decode(message.value)["metadata"]["length_hint"]
 
 
-def build_workload(requests: int, time_scale: float | None) -> list[Outgoing]:
+def paced_trace(requests: int, time_scale: float | None) -> tuple[list[TraceRow], float]:
+    """The trace slice's first ``requests`` rows and the speed-up to replay them with
+    (``time_scale``, default: so that they span about ``DEMO_SPAN_S``)."""
     rows = load_trace(TRACE_SLICE, limit=requests)
     span = max(rows[-1].arrival_s, 1e-3)
-    scale = time_scale or max(1.0, span / DEMO_SPAN_S)
+    return rows, time_scale or max(1.0, span / DEMO_SPAN_S)
+
+
+def prompt_requests(prompts: Sequence[PromptRow], at_s: Sequence[float], max_tokens: int,
+                    id_prefix: str) -> list[Outgoing]:
+    """One greedy request per prompt, sent at ``at_s``; no length hint, no ignore_eos."""
+    return [
+        request_message(Request(id=f"{id_prefix}-{index:05d}", prompt=row.prompt,
+                                max_tokens=max_tokens, metadata={"source": row.source}), at_s=at)
+        for index, (row, at) in enumerate(zip(prompts, at_s, strict=True))
+    ]
+
+
+def build_workload(kind: str, requests: int | None = None, time_scale: float | None = None,
+                   max_tokens: int = PROMPT_MAX_TOKENS) -> list[Outgoing]:
+    """The demo's requests: ``prompts`` (held-out instructions) or ``trace`` (lengths)."""
+    if kind not in WORKLOADS:
+        raise ValueError(f"unknown workload {kind!r}; choose one of {', '.join(WORKLOADS)}")
+    requests = requests or DEMO_REQUESTS[kind]
+    id_prefix = f"demo{int(time.time())}"
+    if kind == "prompts":
+        prompts = load_prompts(PROMPT_SLICE, limit=requests)
+        rows, scale = paced_trace(len(prompts), time_scale)
+        return prompt_requests(prompts, [row.arrival_s / scale for row in rows], max_tokens,
+                               id_prefix)
+    rows, scale = paced_trace(requests, time_scale)
     return trace_requests(rows, length_scale=LENGTH_SCALE, context_scale=CONTEXT_SCALE,
                           max_tokens_cap=MAX_TOKENS_CAP, context_cap=CONTEXT_CAP,
-                          time_scale=scale, ignore_eos=True, id_prefix=f"demo{int(time.time())}")
+                          time_scale=scale, ignore_eos=True, id_prefix=id_prefix)
 
 
-async def run_demo(values: Mapping[str, Any], stop: asyncio.Event, requests: int | None = None,
-                   time_scale: float | None = None) -> int:
+async def run_demo(values: Mapping[str, Any], stop: asyncio.Event, kind: str = "prompts",
+                   requests: int | None = None, time_scale: float | None = None,
+                   max_tokens: int | None = None, bins_given: bool = False) -> int:
     from binbaton.service.supervisor import up
 
-    workload = build_workload(requests or DEMO_REQUESTS, time_scale)
-    settings = demo_settings(values, workload)
-    print(f"binbaton demo: {len(workload)} requests from {TRACE_SLICE.name}, model "
-          f"{settings['model']}, bins {settings['bin_edges']}, {settings['workers']} workers",
-          file=sys.stderr)
+    workload = build_workload(kind, requests, time_scale, max_tokens or PROMPT_MAX_TOKENS)
+    settings = demo_settings(values, workload, kind, bins_given)
+    source = PROMPT_SLICE.name if kind == "prompts" else TRACE_SLICE.name
+    print(f"binbaton demo: {len(workload)} requests from {source} over "
+          f"{workload[-1].at_s:.0f} s, model {settings['model']}, predictor "
+          f"{settings.get('predictor') or 'auto'}, bin edges {settings['bin_edges']}, "
+          f"{settings['workers']} workers", file=sys.stderr)
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     service_stop = asyncio.Event()
     service = asyncio.create_task(up(settings, service_stop, on_ready=ready.set_result))
@@ -180,11 +270,22 @@ def summary(results: Mapping[str, Result], sent_at: Mapping[str, float], wall_s:
         "                       p50      p99  (ms)",
         f"  latency         {_percentiles(latency)}",
         f"  time to 1st tok {_percentiles(ttft)}",
-        "  bin   requests   mean predicted   mean actual tokens",
+        "  bin   requests   mean predicted   mean actual   p50 actual   capped",
     ]
     for index in sorted(per_bin):
         rows = per_bin[index]
         predicted = np.mean([r.predicted_tokens or 0 for r in rows])
-        actual = np.mean([r.usage.completion_tokens for r in rows])
-        lines.append(f"  {index:3d}   {len(rows):8d}   {predicted:14.1f}   {actual:18.1f}")
+        actual = [r.usage.completion_tokens for r in rows]
+        capped = sum(r.finish_reason == "length" for r in rows)
+        lines.append(f"  {index:3d}   {len(rows):8d}   {predicted:14.1f}   {np.mean(actual):11.1f}"
+                     f"   {np.median(actual):10.1f}   {capped:6d}")
+    lines.append(f"  spearman(predicted, actual) over {len(ok)} requests: "
+                 f"{_rank_correlation(ok)}")
     return "\n".join(lines)
+
+
+def _rank_correlation(ok: Sequence[Result]) -> str:
+    predicted = np.array([r.predicted_tokens or 0 for r in ok], dtype=np.float64)
+    actual = np.array([r.usage.completion_tokens for r in ok], dtype=np.float64)
+    rho = spearman(predicted, actual) if len(ok) > 1 else None
+    return "-" if rho is None else f"{rho:.3f}"

@@ -1,19 +1,28 @@
-"""Workloads from the Azure LLM inference trace (conversation, 2023): arrivals and lengths.
+"""Workloads: the Azure LLM inference trace (arrivals and lengths) and instruction prompts.
 
-The repo keeps the first 1,000 rows of ``azure_llm_2023_conv.csv`` (Patel et al.,
-"Splitwise", ISCA 2024; CC BY 4.0) in ``service/data/`` so the demo runs without
-the shared data folder.
+The repo keeps, in ``service/data/`` (see its README), so the demo runs without the shared
+data folder: the first 1,000 rows of ``azure_llm_2023_conv.csv`` (Patel et al.,
+"Splitwise", ISCA 2024; CC BY 4.0), and a sample of the instruction corpus's held-out
+prompts (``corpus.is_held_out``: never used to train the demo model or the predictor).
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import random
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from pathlib import Path
 
-TRACE_SLICE = Path(__file__).parent / "data" / "azure_llm_2023_conv_slice.csv"
+from binbaton.service.corpus import Example, load_examples, split_examples
+
+DATA_DIR = Path(__file__).parent / "data"
+TRACE_SLICE = DATA_DIR / "azure_llm_2023_conv_slice.csv"
+PROMPT_SLICE = DATA_DIR / "instructions_held_out.jsonl"
 
 
 @dataclass(frozen=True)
@@ -58,3 +67,57 @@ def trace_output_lengths() -> tuple[int, ...]:
 def scale_length(tokens: int, factor: float, floor: int = 1) -> int:
     """A trace length scaled down to this machine (at least ``floor``)."""
     return max(floor, round(tokens * factor))
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt: str
+    source: str  # gsm8k | gpteacher-roleplay | gpteacher-toolformer
+
+
+def load_prompts(path: str | Path = PROMPT_SLICE, limit: int | None = None) -> list[PromptRow]:
+    """Rows ``{"source", "prompt"}`` of a prompt JSONL file, in order."""
+    rows: list[PromptRow] = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                row = PromptRow(prompt=record["prompt"], source=record.get("source", ""))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{number}: expected a {{source, prompt}} object") from exc
+            if not isinstance(row.prompt, str) or not row.prompt:
+                raise ValueError(f"{path}:{number}: prompt must be a non-empty string")
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    if not rows:
+        raise ValueError(f"prompt file {path} has no rows")
+    return rows
+
+
+def sample_by_source(examples: Sequence[Example], count: int, seed: int = 0) -> list[Example]:
+    """``count`` examples, each source in proportion to its share, shuffled (seeded)."""
+    by_source: dict[str, list[Example]] = defaultdict(list)
+    for example in examples:
+        by_source[example.source].append(example)
+    rng = random.Random(seed)
+    picked: list[Example] = []
+    for source in sorted(by_source):
+        group = by_source[source]
+        share = round(count * len(group) / len(examples))
+        picked += rng.sample(group, min(share, len(group)))
+    rng.shuffle(picked)
+    return picked[:count]
+
+
+def write_prompt_slice(corpus: Path, out: Path = PROMPT_SLICE, count: int = 300,
+                       seed: int = 0) -> int:
+    """Keep ``count`` held-out prompts of ``corpus`` (instructions.jsonl) in ``out``."""
+    _, held_out = split_examples(load_examples(corpus))
+    picked = sample_by_source(held_out, count, seed)
+    with open(out, "w", encoding="utf-8") as handle:
+        for example in picked:
+            handle.write(json.dumps({"source": example.source, "prompt": example.prompt}) + "\n")
+    return len(picked)
