@@ -348,6 +348,7 @@ class Classifier:
         if self._feedback is not None:
             await self._feedback.stop()
             self._feedback = None
+            await self._save_predictor()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -573,6 +574,18 @@ class Classifier:
         acks.append(await self._send(record, self.topics.results, result, key))
 
     # -- learning from actual lengths --
+
+    async def _save_predictor(self) -> None:
+        """Snapshot what the predictor learned since its last periodic save (a restart
+        resumes from it). Nothing learned this run: nothing written, so a snapshot never
+        shadows a newer trained artifact without reason."""
+        save = getattr(self.router.predictor, "save_snapshot", None)
+        if save is None or self.stats.observed == 0:
+            return
+        try:
+            await asyncio.to_thread(save)
+        except Exception:  # stopping must finish: the consumer and producer still close
+            log.exception("saving the predictor's snapshot failed")
 
     async def _feedback_loop(self, stop: asyncio.Event) -> None:
         assert self._feedback is not None
