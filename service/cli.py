@@ -12,7 +12,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from binbaton.service.config import (
@@ -260,30 +260,90 @@ def cmd_results(args: argparse.Namespace) -> int:
     return run_until_signal(job)
 
 
+PREDICT_BATCH = 256  # stdin lines decided together by `binbaton predict`
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from binbaton.schemas import InvalidMessage, decode_request
-    from binbaton.service.classifier import Decision, Router
+    from binbaton.service.classifier import Router
     from binbaton.service.config import classifier_config
 
     values = _values(args)
     router = Router.from_config(classifier_config(values))
-    for line in sys.stdin.buffer:
-        if not line.strip():
-            continue
-        try:
-            (outcome,) = router.decide([decode_request(line.strip())])
-        except InvalidMessage as exc:
-            outcome = exc
-        if isinstance(outcome, Decision):
-            row: dict[str, Any] = {"id": outcome.request.id,
-                                   "predicted_tokens": outcome.predicted_tokens,
-                                   "bin": outcome.bin}
-        else:
-            row = {"id": outcome.request_id,
-                   "error": {"code": outcome.code, "message": str(outcome)}}
-        sys.stdout.write(json.dumps(row) + "\n")
-    sys.stdout.flush()
+    for lines in line_batches(sys.stdin.buffer, PREDICT_BATCH):
+        for row in predict_rows(router, lines):
+            sys.stdout.write(json.dumps(row) + "\n")
+        sys.stdout.flush()
     return 0
+
+
+def line_batches(stream: Any, size: int) -> Iterator[list[bytes]]:
+    """Non-blank lines in batches of at most ``size``. A batch also ends where a read
+    ends on a line break with nothing more ready (a slow writer gets its answers without
+    waiting for a full batch), and at the end of input (the last line needs no newline)."""
+    lines: list[bytes] = []
+    pending = b""  # a line whose end has not been read yet
+    while True:
+        chunk = stream.read1(1 << 16)  # what is ready (blocks only while nothing is)
+        if chunk:
+            complete, _, pending = (pending + chunk).rpartition(b"\n")
+        else:
+            complete, pending = pending, b""
+        lines += [line.strip() for line in complete.split(b"\n") if line.strip()]
+        while len(lines) >= size:
+            yield lines[:size]
+            lines = lines[size:]
+        if lines and not pending:
+            yield lines
+            lines = []
+        if not chunk:
+            return
+
+
+def predict_rows(router: Any, lines: Sequence[bytes]) -> list[dict[str, Any]]:
+    """One output row per line, in order: the decision, or an error object (a bad line
+    never stops the others)."""
+    from binbaton.schemas import InvalidMessage, decode_request
+
+    outcomes: list[Any] = []
+    valid: list[tuple[int, Any]] = []
+    for index, line in enumerate(lines):
+        try:
+            valid.append((index, decode_request(line)))
+            outcomes.append(None)
+        except InvalidMessage as exc:
+            outcomes.append(exc)
+    for (index, _), outcome in zip(valid, _decide_guarded(router, [r for _, r in valid]),
+                                   strict=True):
+        outcomes[index] = outcome
+    return [_predict_row(outcome) for outcome in outcomes]
+
+
+def _decide_guarded(router: Any, requests: list[Any]) -> list[Any]:
+    """``router.decide`` for the batch; if it fails (a bug, not bad input), one by one,
+    and a request that still fails gets an ``internal`` error."""
+    from binbaton.schemas import InvalidMessage
+
+    try:
+        return router.decide(requests) if requests else []
+    except Exception:
+        log.exception("deciding a batch of %d failed; deciding one by one", len(requests))
+    outcomes = []
+    for request in requests:
+        try:
+            outcomes += router.decide([request])
+        except Exception as exc:
+            outcomes.append(InvalidMessage("internal", f"the decision failed: {exc!r}",
+                                           request.id))
+    return outcomes
+
+
+def _predict_row(outcome: Any) -> dict[str, Any]:
+    from binbaton.service.classifier import Decision
+
+    if isinstance(outcome, Decision):
+        return {"id": outcome.request.id, "predicted_tokens": outcome.predicted_tokens,
+                "bin": outcome.bin}
+    return {"id": outcome.request_id, "error": {"code": outcome.code, "message": str(outcome)}}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -93,3 +93,66 @@ def test_workers_get_the_resolved_flags(monkeypatch: pytest.MonkeyPatch) -> None
     assert flags["--model"] == "/m" and flags["--max-batch"] == "8"
     assert flags["--policy"] == "insert" and flags["--drain-timeout"] == "3.0"
     assert flags["--topic-prefix"] == "p" and flags["--device"] == "cpu"
+
+
+class ChunkedStream:
+    """A pipe whose writer is slow: each read1 returns what one write put in."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def test_stdin_lines_come_in_batches_of_at_most_the_size() -> None:
+    lines = [f'{{"n": {i}}}'.encode() for i in range(600)]
+    batches = list(cli.line_batches(io.BytesIO(b"\n".join(lines) + b"\n"), 256))
+    assert [len(b) for b in batches] == [256, 256, 88]
+    assert [line for batch in batches for line in batch] == lines
+    # a read that ends a line ends a batch; one that ends mid-line waits for the rest
+    slow = ChunkedStream([b"a\nb\n", b"c\n\n  \nd", b"d\ne", b"\n", b"f"])
+    assert list(cli.line_batches(slow, 256)) == [[b"a", b"b"], [b"c", b"dd", b"e"], [b"f"]]
+    assert list(cli.line_batches(ChunkedStream([b"a\nb\nc\nd"]), 2)) == [[b"a", b"b"],
+                                                                         [b"c", b"d"]]
+
+
+class ExplodingPredictor:
+    """Fails on prompts containing "boom" (a predictor bug, not bad input)."""
+
+    name = "exploding"
+
+    def predict(self, batch):
+        if any(item.prompt and "boom" in item.prompt for item in batch):
+            raise RuntimeError("boom")
+        return [item.max_tokens for item in batch]
+
+    def observe(self, batch) -> None:
+        return None
+
+
+def test_predict_decides_a_batch_at_once_in_order_and_survives_bad_lines(
+        tiny_llama_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    router = Router.from_config(ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(4, 16),
+                                                 predictor="max_tokens"))
+    calls: list[int] = []
+    decide = router.decide
+    monkeypatch.setattr(router, "decide", lambda requests: calls.append(len(requests))
+                        or decide(requests))
+    monkeypatch.setattr(Router, "from_config", classmethod(lambda cls, config: router))
+    good = [encode(Request(id=f"g{i}", prompt="hello there", max_tokens=i + 1)) for i in range(30)]
+    lines = [*good[:10], b"{broken", *good[10:20], b'{"id": "x", "prompt": ""}', *good[20:]]
+    assert run_cli(["predict", "--model", str(tiny_llama_dir)], b"\n".join(lines), monkeypatch) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert calls == [30]  # the 30 valid lines were decided in one batch
+    assert len(rows) == 32
+    assert [r["id"] for r in rows] == [f"g{i}" for i in range(10)] + [None] + [
+        f"g{i}" for i in range(10, 20)] + ["x"] + [f"g{i}" for i in range(20, 30)]
+    assert rows[10]["error"]["code"] == "invalid_json" and "error" in rows[21]
+    assert rows[0] == {"id": "g0", "predicted_tokens": 1, "bin": 0}
+    assert rows[-1] == {"id": "g29", "predicted_tokens": 30, "bin": 2}
+
+    router.predictor = ExplodingPredictor()  # a bug on one line: that line only fails
+    rows = cli.predict_rows(router, [good[0], encode(Request(id="b", prompt="boom")), good[1]])
+    assert [r["id"] for r in rows] == ["g0", "b", "g1"]
+    assert rows[1]["error"]["code"] == "internal" and "bin" in rows[0] and "bin" in rows[2]
