@@ -71,6 +71,7 @@ def make_predictor(config: ClassifierConfig, tokenizer: Any = None) -> LengthPre
             name,
             artifact=Path(config.predictor_path) if config.predictor_path else None,
             snapshot_path=Path(config.predictor_snapshot) if config.predictor_snapshot else None,
+            learning_rate=config.predictor_learning_rate,
             decode=tokenizer.decode if tokenizer is not None else None,
         )
     except (ValueError, FileNotFoundError) as exc:

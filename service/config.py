@@ -131,6 +131,9 @@ FLAGS: dict[str, Flag] = {
              "trained model of the learned predictor (default: service/artifacts/)"),
         Flag("predictor-snapshot", non_empty, None,
              "file where the learned predictor keeps what it learned online (restarts resume)"),
+        Flag("predictor-learning-rate", positive_float, 0.1,
+             "online step size of the learned predictor (normalised LMS: 1 fits each new "
+             "example exactly; small values keep a trained model steady)"),
         Flag("binner", one_of("fixed", "adaptive"), "fixed",
              "fixed bin edges, or adaptive equal-mass edges over recent predictions"),
         Flag("max-tokens-limit", positive_int, 4096, "server limit on a request's max_tokens"),
@@ -169,7 +172,8 @@ FLAGS: dict[str, Flag] = {
 # Which flags each role reads (the CLI adds these groups to its commands).
 KAFKA_FLAGS = ("bootstrap-servers", "broker-port", "topic-prefix", "tracing", "log-level")
 TOPIC_FLAGS = ("bins", "bin-edges", "partitions")
-CLASSIFIER_FLAGS = ("model", "predictor", "predictor-path", "predictor-snapshot", "binner",
+CLASSIFIER_FLAGS = ("model", "predictor", "predictor-path", "predictor-snapshot",
+                    "predictor-learning-rate", "binner",
                     "max-tokens-limit", "max-model-len", "batch-size", "max-request-bytes",
                     "observe-cache", "metrics-port")
 ENGINE_FLAGS = ("model", "device", "dtype", "policy", "max-batch", "kv-budget-tokens",
@@ -375,6 +379,7 @@ class ClassifierConfig:
     predictor: str = "max_tokens"  # auto | learned | max_tokens | oracle
     predictor_path: str | None = None
     predictor_snapshot: str | None = None
+    predictor_learning_rate: float = 0.1
     binner: str = "fixed"  # fixed | adaptive
     max_tokens_limit: int = 4096
     max_model_len: int | None = None  # None: the model's own context length
@@ -397,6 +402,9 @@ class ClassifierConfig:
         if self.predictor not in ("auto", "learned", "max_tokens", "oracle"):
             raise ConfigError(f"unknown predictor {self.predictor!r}; choose one of "
                               "auto, learned, max_tokens, oracle")
+        if not 0 < self.predictor_learning_rate <= 1:
+            raise ConfigError("predictor_learning_rate must be in (0, 1], got "
+                              f"{self.predictor_learning_rate}")
         if self.binner not in ("fixed", "adaptive"):
             raise ConfigError(f"binner must be fixed or adaptive, got {self.binner!r}")
         if self.max_model_len is not None and self.max_model_len < 2:
@@ -461,6 +469,7 @@ def classifier_config(values: Mapping[str, Any]) -> ClassifierConfig:
         predictor=values.get("predictor") or "auto",
         predictor_path=values.get("predictor_path"),
         predictor_snapshot=values.get("predictor_snapshot"),
+        predictor_learning_rate=values.get("predictor_learning_rate") or 0.1,
         binner=values.get("binner") or "fixed",
         max_tokens_limit=values.get("max_tokens_limit") or 4096,
         max_model_len=values.get("max_model_len"),

@@ -189,7 +189,7 @@ class LearnedPredictor:
         self,
         model: LengthModel,
         *,
-        learning_rate: float = 1.0,
+        learning_rate: float = 0.1,
         snapshot_path: Path | None = None,
         snapshot_every: int = 1000,
         step_size: int = 8,

@@ -66,6 +66,7 @@ async def test_classifier_learns_lengths_from_results(
         predictor="learned",
         predictor_path=str(untrained),
         predictor_snapshot=str(snapshot),
+        predictor_learning_rate=1.0,  # starting from nothing: full normalised-LMS steps
         max_tokens_limit=256,
     )
     router = Router.from_config(config)
