@@ -2,10 +2,10 @@
 
 Presets (random weights, real tokenizer, written to a temporary directory):
 - ``tiny``: a small Llama sized for a 2-core CPU run of minutes.
-- ``wide``: a wide, shallow Llama (hidden 1536, 2 layers, intermediate 4x) whose ~280 MB of
-  float32 weights exceed what a core keeps in cache, so that on a CPU, as on a GPU, a
-  decode step is bound by reading the weights and costs nearly the same for 1 or 16
-  sequences (bench/README.md has the measured step costs).
+- ``wide``: a wide, shallow Llama (hidden 1536, 2 layers, intermediate 4x) whose 277 MiB of
+  float32 weights exceed what a core keeps in cache, so that reading the weights weighs
+  most in a decode step, as on a GPU (on one CPU core the step still grows with the batch;
+  bench/README.md has the measured step costs).
 - ``qwen2.5-0.5b-shape``: Qwen2.5-0.5B's layer shapes (24 layers, hidden 896, 14 heads,
   2 KV heads) with random weights, for the GPU benchmark. Its vocabulary is the tiny
   tokenizer's (~1k ids, not 152k), which makes the LM head cheaper than the real model's.
