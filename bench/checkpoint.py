@@ -1,6 +1,7 @@
 """The model a benchmark runs: a local checkpoint, or a random one built on the spot.
 
-Presets (random weights, real tokenizer, written to a temporary directory):
+Presets (random weights with a fixed seed, real tokenizer) are built once and kept under
+``~/.cache/binbaton/bench/<preset>``, so repeated runs neither rebuild nor leak them:
 - ``tiny``: a small Llama sized for a 2-core CPU run of minutes.
 - ``wide``: a wide, shallow Llama (hidden 1536, 2 layers, intermediate 4x) whose 277 MiB of
   float32 weights exceed what a core keeps in cache, so that reading the weights weighs
@@ -14,7 +15,7 @@ Presets (random weights, real tokenizer, written to a temporary directory):
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +51,34 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def prepare_checkpoint(model: str, work_dir: Path | None = None) -> Path:
-    """A directory holding the model: ``model`` itself, or a preset built under work_dir."""
-    if model in PRESETS:
-        from binbaton.workers.engine.tiny import save_tiny_checkpoint
+PRESET_CACHE = Path.home() / ".cache" / "binbaton" / "bench"
 
-        overrides = dict(PRESETS[model])
-        arch = overrides.pop("arch")
-        base = work_dir or Path(tempfile.mkdtemp(prefix="binbaton-bench-"))
-        return save_tiny_checkpoint(base / model, arch=arch, seed=0, **overrides)
+
+def prepare_checkpoint(model: str, work_dir: Path | None = None) -> Path:
+    """A directory holding the model: ``model`` itself, or a preset (built once, cached)."""
+    if model in PRESETS:
+        path = (work_dir or PRESET_CACHE) / model
+        if not (path / "config.json").exists():
+            _build_preset(model, path)
+        return path
     path = Path(model)
     if not (path / "config.json").exists():
         raise ValueError(
             f"--model must be a checkpoint directory or one of {sorted(PRESETS)}, got {model!r}"
         )
     return path
+
+
+def _build_preset(preset: str, path: Path) -> None:
+    """Written beside ``path`` and renamed into place, so a killed run leaves no half model."""
+    from binbaton.workers.engine.tiny import save_tiny_checkpoint
+
+    overrides = dict(PRESETS[preset])
+    arch = overrides.pop("arch")
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    save_tiny_checkpoint(partial, arch=arch, seed=0, **overrides)
+    partial.rename(path)
 
 
 def describe_checkpoint(path: Path, preset: str | None) -> dict[str, Any]:
