@@ -52,25 +52,9 @@ class DemoModelConfig:
 
 def build_tokenizer(texts: Sequence[str], vocab_size: int):  # -> PreTrainedTokenizerFast
     """A byte-level BPE tokenizer trained on ``texts``; encoding prepends ``<s>``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from binbaton.workers.engine.tiny import build_tokenizer as train_bpe
 
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    core.train_from_iterator(texts, trainer)
-    core.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+    return train_bpe(texts, vocab_size, special_tokens=SPECIAL_TOKENS, prepend_bos=True)
 
 
 def encode_example(tokenizer, example: Example, max_seq_len: int) -> tuple[list[int], int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
     GenerationConfig,
@@ -42,21 +42,33 @@ Translate to French: the weather is nice today. What is the capital of Portugal?
 """
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on ``texts``; ids 0/1/2 are pad/bos/eos."""
+def build_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    special_tokens: tuple[str, str, str] = SPECIAL_TOKENS,
+    prepend_bos: bool = False,
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts``; ``special_tokens`` = (pad, bos, eos) get ids 0/1/2.
+
+    With ``prepend_bos`` encoding starts every text with the bos token.
+    """
+    pad, bos, eos = special_tokens
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD
-    )
+    if prepend_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, 1)]
+        )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos,
+                                   pad_token=pad)
 
 
 def tiny_config(arch: str, vocab_size: int, **overrides: Any) -> PretrainedConfig:
