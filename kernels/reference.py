@@ -76,19 +76,24 @@ def decode_attention(
     batch, num_q_heads, head_dim = query.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_q_heads // num_kv_heads
-    max_len = int(seq_lens.max())
-    num_blocks = -(-max_len // block_size)
-    tables = block_tables[:, :num_blocks].long()
-    keys = k_cache[tables].reshape(batch, num_blocks * block_size, num_kv_heads, head_dim)
-    values = v_cache[tables].reshape(batch, num_blocks * block_size, num_kv_heads, head_dim)
-    keys, values = keys[:, :max_len].float(), values[:, :max_len].float()  # [B, L, Hkv, D]
+    lens = seq_lens.long()
+    max_len = int(lens.max())
+    positions = torch.arange(max_len, device=query.device)  # [L]
+    valid = positions[None, :] < lens[:, None]  # [B, L]
+    # Past a sequence's end, read its last token again: finite values whose probability is
+    # exactly 0, so the values need no mask and no block past the end is read.
+    positions = torch.minimum(positions[None, :], (lens[:, None] - 1).clamp(min=0))  # [B, L]
+    blocks = block_tables.long().gather(1, positions // block_size)  # [B, L]
+    slots = blocks * block_size + positions % block_size  # [B, L]
+    shape = (batch, max_len, num_kv_heads, head_dim)
+    keys = k_cache.view(-1, num_kv_heads, head_dim).index_select(0, slots.view(-1))
+    values = v_cache.view(-1, num_kv_heads, head_dim).index_select(0, slots.view(-1))
+    keys, values = keys.view(shape).float(), values.view(shape).float()  # [B, L, Hkv, D]
     q = query.float().view(batch, num_kv_heads, group, head_dim)
-    scores = torch.einsum("bhgd,blhd->bhgl", q, keys) * scale  # [B, Hkv, G, L]
-    valid = torch.arange(max_len, device=query.device)[None, :] < seq_lens[:, None].long()
+    scores = torch.matmul(q, keys.permute(0, 2, 3, 1)) * scale  # [B, Hkv, G, L]
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    values = values.masked_fill(~valid[:, :, None, None], 0.0)  # slots past the end: any bits
-    out = torch.einsum("bhgl,blhd->bhgd", probs, values)
+    out = torch.matmul(probs, values.permute(0, 2, 1, 3))  # [B, Hkv, G, D]
     return out.reshape(batch, num_q_heads, head_dim).to(query.dtype)
 
 
@@ -100,15 +105,15 @@ def prefill_attention(
     scale: float,
 ) -> torch.Tensor:  # [T, Hq, D]
     """Causal self-attention within each packed sequence (no padding between them)."""
-    num_q_heads, num_kv_heads = query.shape[1], key.shape[1]
-    group = num_q_heads // num_kv_heads
     out = torch.empty_like(query)
     bounds = cu_seqlens.tolist()
     for start, end in itertools.pairwise(bounds):
         q = query[start:end].transpose(0, 1).float()  # [Hq, L, D]
-        k = key[start:end].transpose(0, 1).float().repeat_interleave(group, dim=0)
-        v = value[start:end].transpose(0, 1).float().repeat_interleave(group, dim=0)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        k = key[start:end].transpose(0, 1).float()  # [Hkv, L, D], shared by Hq / Hkv heads
+        v = value[start:end].transpose(0, 1).float()
+        o = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=True
+        )
         out[start:end] = o.transpose(0, 1).to(query.dtype)
     return out
 
