@@ -128,9 +128,9 @@ def test_rms_norm(case):
     kc.check_rms_norm(case, "cpu")
 
 
-def test_rope_store_kv_matches_the_engine_rotary_exactly():
-    """Float32: the fused kernel rotates bit for bit like the engine's Rotary module, so
-    the engine can adopt it (cos/sin = rotary.cos/rotary.sin, positions = batch.positions)."""
+def test_rope_store_kv_matches_hf_rotary_exactly():
+    """Float32: with the engine's cos/sin table the fused kernel rotates bit for bit like
+    Hugging Face's apply_rotary_pos_emb (the engine calls it for every layer)."""
     from binbaton.kernels import triton_ops
     from binbaton.workers.engine.model import Rotary
 
@@ -142,7 +142,9 @@ def test_rope_store_kv_matches_the_engine_rotary_exactly():
     k = torch.randn(19, 2, head_dim, generator=gen)
     v = torch.randn(19, 2, head_dim, generator=gen)
     positions = torch.randint(0, max_len, (19,), generator=gen)
-    q_engine, k_engine = rotary(positions, q, k)
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    q_engine, k_engine = apply_rotary_pos_emb(q, k, rotary.cos[positions], rotary.sin[positions])
     k_cache = torch.full((4, 8, 2, head_dim), float("nan"))
     v_cache = torch.full_like(k_cache, float("nan"))
     slots = torch.randperm(32, generator=gen)[:19]

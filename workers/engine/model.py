@@ -48,11 +48,6 @@ class ForwardBatch:
     seq_lens: torch.Tensor | None = None  # decode: [B] int32, cached tokens incl. new one
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class Rotary(nn.Module):
     """cos/sin table for every position, from the model's (possibly scaled) inv_freq."""
 
@@ -63,13 +58,6 @@ class Rotary(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)  # [L, D]
         self.register_buffer("cos", emb.cos() * attention_scaling, persistent=False)
         self.register_buffer("sin", emb.sin() * attention_scaling, persistent=False)
-
-    def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.cos[positions].to(q.dtype)[:, None, :]  # [T, 1, D]
-        sin = self.sin[positions].to(q.dtype)[:, None, :]
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
 class Attention(nn.Module):
@@ -102,8 +90,9 @@ class Attention(nn.Module):
         if s.qk_norm:
             q, _ = ops.rms_norm(q, self.q_norm.weight, s.rms_norm_eps)
             k, _ = ops.rms_norm(k, self.k_norm.weight, s.rms_norm_eps)
-        q, k = rotary(batch.positions, q, k)
-        ops.store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
+        # rotates q and k in place, then writes k and v to their cache slots
+        ops.rope_store_kv(q, k, v, k_cache, v_cache, batch.slot_mapping, batch.positions,
+                          rotary.cos, rotary.sin)
         if batch.is_prefill:
             out = ops.prefill_attention(q, k, v, batch.cu_seqlens, self.scale)
         else:
