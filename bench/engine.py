@@ -27,7 +27,12 @@ from binbaton.bench.measure import Measurement
 from binbaton.bench.memory import PeakMemory
 from binbaton.bench.plot import baseline, plot_result
 from binbaton.bench.results import RESULTS_DIR, BenchResult, Row, now_iso, write_result
-from binbaton.bench.workload import AZURE_CSV, WORKLOADS, BenchRequest, Workload, build_workload
+from binbaton.bench.workload import (
+    BenchRequest,
+    Workload,
+    add_workload_arguments,
+    build_workload,
+)
 from binbaton.workers.engine.request import GenerationRequest, SamplingParams
 from tqdm import tqdm
 
@@ -85,14 +90,7 @@ def parse_systems(text: str) -> list[SystemSpec]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny", help=f"checkpoint dir or {sorted(PRESETS)}")
-    parser.add_argument("--workload", choices=WORKLOADS, default="azure")
-    parser.add_argument("--requests", type=int, default=None, help="default 128, uniform: 256")
-    parser.add_argument("--scale", type=float, default=8.0, help="azure: divide lengths by this")
-    parser.add_argument("--trace", type=Path, default=AZURE_CSV)
-    parser.add_argument("--lo", type=int, default=100, help="uniform: shortest length")
-    parser.add_argument("--hi", type=int, default=1024, help="uniform: longest length")
-    parser.add_argument("--batch", type=int, default=16, help="B: running requests at most")
+    add_workload_arguments(parser, default_requests="default 128, uniform: 256")
     parser.add_argument("--systems", default=DEFAULT_SYSTEMS)
     parser.add_argument("--predictor", default="learned", help="for @predicted rows")
     parser.add_argument("--predictor-path", type=Path, default=None)

@@ -30,7 +30,12 @@ from binbaton.bench.measure import Measurement
 from binbaton.bench.memory import PeakMemory
 from binbaton.bench.plot import plot_result
 from binbaton.bench.results import RESULTS_DIR, BenchResult, now_iso, write_result
-from binbaton.bench.workload import AZURE_CSV, WORKLOADS, BenchRequest, Workload, build_workload
+from binbaton.bench.workload import (
+    BenchRequest,
+    Workload,
+    add_workload_arguments,
+    build_workload,
+)
 from binbaton.service.bins import BinBoundaries
 from tqdm import tqdm
 
@@ -40,14 +45,7 @@ STOP_TIMEOUT_S = 60.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny", help=f"checkpoint dir or {sorted(PRESETS)}")
-    parser.add_argument("--workload", choices=WORKLOADS, default="azure")
-    parser.add_argument("--requests", type=int, default=None, help="azure: 256, uniform: 256")
-    parser.add_argument("--scale", type=float, default=8.0, help="azure: divide lengths by this")
-    parser.add_argument("--trace", type=Path, default=AZURE_CSV)
-    parser.add_argument("--lo", type=int, default=100)
-    parser.add_argument("--hi", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=16)
+    add_workload_arguments(parser, default_requests="azure: 256, uniform: 256")
     parser.add_argument("--bins", type=int, default=4)
     parser.add_argument("--policy", default="multibin-insert",
                         choices=("static", "multibin-static", "insert", "multibin-insert"))

@@ -15,6 +15,7 @@ length (ignore_eos with max_tokens = target), the standard way to benchmark thro
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from dataclasses import dataclass
@@ -24,8 +25,10 @@ from typing import Any
 import numpy as np
 from binbaton.bench.results import length_stats
 
-AZURE_CSV = Path("/work/shared/data/azure_llm_2023_conv.csv")
-INSTRUCTIONS_JSONL = Path("/work/shared/data/instructions.jsonl")
+# ../shared/data beside the checkout (where the project's data sets live).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+AZURE_CSV = SHARED_DATA / "azure_llm_2023_conv.csv"
+INSTRUCTIONS_JSONL = SHARED_DATA / "instructions.jsonl"
 WORKLOADS = ("azure", "uniform", "instructions")
 FIRST_PLAIN_TOKEN = 3  # ids 0/1/2 are pad/bos/eos in the tiny checkpoints
 
@@ -167,3 +170,17 @@ def instructions_workload(
     params = {"source": path.name, "scale": scale, "seed": seed,
               "output_lengths": "reference response tokens (model tokenizer) / scale"}
     return Workload("instructions", tuple(requests), params)
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, default_requests: str) -> None:
+    """The model/workload flags `bench engine` and `bench pipeline` share."""
+    from binbaton.bench.checkpoint import PRESETS
+
+    parser.add_argument("--model", default="tiny", help=f"checkpoint dir or {sorted(PRESETS)}")
+    parser.add_argument("--workload", choices=WORKLOADS, default="azure")
+    parser.add_argument("--requests", type=int, default=None, help=default_requests)
+    parser.add_argument("--scale", type=float, default=8.0, help="azure: divide lengths by this")
+    parser.add_argument("--trace", type=Path, default=AZURE_CSV)
+    parser.add_argument("--lo", type=int, default=100, help="uniform: shortest length")
+    parser.add_argument("--hi", type=int, default=1024, help="uniform: longest length")
+    parser.add_argument("--batch", type=int, default=16, help="B: running requests at most")
