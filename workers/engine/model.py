@@ -4,7 +4,9 @@ Sequences are packed along one token axis, never padded to each other. A prefill
 holds every newcomer's prompt (``cu_seqlens`` marks the boundaries); a decode batch holds
 one token per running sequence. Attention, KV cache writes and norms go through the
 kernel ops interface (``binbaton.kernels.ops``) and nothing else.
-Parameter names mirror the Hugging Face checkpoints, so weights load by name.
+Parameter names mirror the Hugging Face checkpoints, except the fused projections: q/k/v
+are one ``qkv_proj`` and gate/up one ``gate_up_proj`` (one matmul each instead of three and
+two; the loader concatenates the checkpoint's weights into them).
 """
 
 from __future__ import annotations
@@ -65,9 +67,8 @@ class Attention(nn.Module):
         super().__init__()
         self.shape = shape
         q_dim, kv_dim = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
-        self.q_proj = nn.Linear(shape.hidden_size, q_dim, bias=shape.qkv_bias)
-        self.k_proj = nn.Linear(shape.hidden_size, kv_dim, bias=shape.qkv_bias)
-        self.v_proj = nn.Linear(shape.hidden_size, kv_dim, bias=shape.qkv_bias)
+        self.qkv_sizes = (q_dim, kv_dim, kv_dim)
+        self.qkv_proj = nn.Linear(shape.hidden_size, sum(self.qkv_sizes), bias=shape.qkv_bias)
         self.o_proj = nn.Linear(q_dim, shape.hidden_size, bias=shape.o_bias)
         if shape.qk_norm:
             self.q_norm = RMSNormWeight(shape.head_dim)
@@ -84,9 +85,10 @@ class Attention(nn.Module):
         ops: KernelOps,
     ) -> torch.Tensor:  # [T, hidden]
         s = self.shape
-        q = self.q_proj(x).view(-1, s.num_heads, s.head_dim)  # [T, Hq, D]
-        k = self.k_proj(x).view(-1, s.num_kv_heads, s.head_dim)  # [T, Hkv, D]
-        v = self.v_proj(x).view(-1, s.num_kv_heads, s.head_dim)
+        q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)  # [T, Hq*D], [T, Hkv*D] x2
+        q = q.view(-1, s.num_heads, s.head_dim)  # [T, Hq, D], rows strided, last dim dense
+        k = k.view(-1, s.num_kv_heads, s.head_dim)  # [T, Hkv, D]
+        v = v.view(-1, s.num_kv_heads, s.head_dim)
         if s.qk_norm:
             q, _ = ops.rms_norm(q, self.q_norm.weight, s.rms_norm_eps)
             k, _ = ops.rms_norm(k, self.k_norm.weight, s.rms_norm_eps)
@@ -106,12 +108,12 @@ class MLP(nn.Module):
     def __init__(self, shape: ModelShape):
         super().__init__()
         h, i, bias = shape.hidden_size, shape.intermediate_size, shape.mlp_bias
-        self.gate_proj = nn.Linear(h, i, bias=bias)
-        self.up_proj = nn.Linear(h, i, bias=bias)
+        self.gate_up_proj = nn.Linear(h, 2 * i, bias=bias)
         self.down_proj = nn.Linear(i, h, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
+        return self.down_proj(F.silu(gate) * up)
 
 
 class RMSNormWeight(nn.Module):
