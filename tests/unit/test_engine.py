@@ -252,3 +252,51 @@ def test_prefill_token_cap_spreads_admissions_over_steps(tiny_llama_dir):
     assert engine.last_step.prefill_tokens == 30
     engine.step()
     assert engine.last_step.admitted == 1
+
+
+# ---- abort --------------------------------------------------------------------------
+
+
+def test_abort_mid_decode_frees_the_blocks_and_the_rest_match_hf(tiny_llama_dir, hf_reference):
+    requests = [make_request(f"a{i}", prompt_len=6 + 5 * i, start=5 + i, max_tokens=12 + 3 * i)
+                for i in range(4)]
+    expected = hf_reference(tiny_llama_dir, requests)
+    engine = make_engine(tiny_llama_dir, max_batch=4)
+    for request in requests:
+        engine.add(request)
+    outputs = {}
+    for _ in range(3):
+        outputs.update((o.id, o) for o in engine.step())
+    victim = next(s for s in engine.running if s.id == "a2")
+    assert victim.num_generated > 1  # mid-decode
+    held, free = len(victim.blocks), engine.cache.allocator.num_free
+    assert engine.abort("a2")
+    assert engine.cache.allocator.num_free == free + held  # back at once
+    assert [s.id for s in engine.running] == ["a0", "a1", "a3"]
+    outputs.update((o.id, o) for o in engine.step())
+    assert engine.last_step.decode_tokens == 3  # its decode row is gone too
+    while engine.has_work():
+        outputs.update((o.id, o) for o in engine.step())
+    assert sorted(outputs) == ["a0", "a1", "a3"]
+    assert all(list(outputs[r].token_ids) == expected[r] for r in outputs)
+    assert engine.cache.allocator.num_free == engine.cache.num_blocks
+    assert not engine.abort("a2")  # gone
+
+
+def test_abort_of_a_waiting_request_and_of_an_unknown_id(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, max_batch=1)
+    engine.add(make_request("first", max_tokens=4, ignore_eos=True))
+    engine.add(make_request("second", max_tokens=4, ignore_eos=True))
+    engine.add(GenerationRequest(id="bad", prompt_token_ids=()))  # an error output, pending
+    engine.step()
+    assert [s.id for s in engine.waiting] == ["second"]
+    assert engine.abort("second")
+    assert not engine.abort("nobody")
+    assert not engine.waiting
+    outputs = []
+    while engine.has_work():
+        outputs += engine.step()
+    assert [o.id for o in outputs] == ["first"]  # "bad" came out of the first step
+    engine.add(GenerationRequest(id="bad2", prompt_token_ids=()))
+    assert engine.abort("bad2")  # a pending error output is dropped too
+    assert not engine.has_work()

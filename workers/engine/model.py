@@ -2,8 +2,9 @@
 
 Sequences are packed along one token axis, never padded to each other. A prefill batch
 holds every newcomer's prompt (``cu_seqlens`` marks the boundaries); a decode batch holds
-one token per running sequence. Attention, KV cache writes and norms go through the
-kernel ops interface (``binbaton.kernels.ops``) and nothing else.
+one token per row of the runner's static buffers (some rows may be padding). Attention,
+KV cache writes and norms go through the kernel ops interface (``binbaton.kernels.ops``)
+and nothing else.
 Parameter names mirror the Hugging Face checkpoints, except the fused projections: q/k/v
 are one ``qkv_proj`` and gate/up one ``gate_up_proj`` (one matmul each instead of three and
 two; the loader concatenates the checkpoint's weights into them).
@@ -11,7 +12,8 @@ two; the loader concatenates the checkpoint's weights into them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +40,7 @@ class ModelShape:
     tie_word_embeddings: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class ForwardBatch:
     """Where each packed token sits: its position, its cache slot, and its sequence."""
 
@@ -48,6 +50,9 @@ class ForwardBatch:
     cu_seqlens: torch.Tensor | None = None  # prefill: [B + 1] int32 prefix sums
     block_tables: torch.Tensor | None = None  # decode: [B, max_blocks] int32
     seq_lens: torch.Tensor | None = None  # decode: [B] int32, cached tokens incl. new one
+    # Host-known launch settings for the attention op (prefill: max_seqlen; decode:
+    # max_seq_len, num_splits), only those the op takes: read nothing back from the device.
+    attention_kwargs: dict[str, int] = field(default_factory=dict)
 
 
 class Rotary(nn.Module):
@@ -96,11 +101,11 @@ class Attention(nn.Module):
         ops.rope_store_kv(q, k, v, k_cache, v_cache, batch.slot_mapping, batch.positions,
                           rotary.cos, rotary.sin)
         if batch.is_prefill:
-            out = ops.prefill_attention(q, k, v, batch.cu_seqlens, self.scale)
+            out = ops.prefill_attention(q, k, v, batch.cu_seqlens, self.scale,
+                                        **batch.attention_kwargs)
         else:
-            out = ops.decode_attention(
-                q, k_cache, v_cache, batch.block_tables, batch.seq_lens, self.scale
-            )
+            out = ops.decode_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                                       self.scale, **batch.attention_kwargs)
         return self.o_proj(out.reshape(-1, s.num_heads * s.head_dim))
 
 
@@ -161,19 +166,22 @@ class CausalLM(nn.Module):
         batch: ForwardBatch,
         k_caches: list[torch.Tensor],  # per layer [N, bs, Hkv, D]
         v_caches: list[torch.Tensor],
-        logits_index: torch.Tensor,  # [B] which packed tokens produce logits
+        logits_index: torch.Tensor | None = None,  # [B] tokens that produce logits (None: all)
     ) -> torch.Tensor:  # [B, vocab] float32
         eps, ops, rotary = self.shape.rms_norm_eps, self.ops, self.rotary
         assert rotary is not None, "the loader sets the rotary table"
         hidden = self.model.embed_tokens(input_ids)  # [T, hidden]
         residual: torch.Tensor | None = None
-        for layer, k_cache, v_cache in zip(self.model.layers, k_caches, v_caches, strict=True):
+        layers = cast("list[DecoderLayer]", self.model.layers)
+        for layer, k_cache, v_cache in zip(layers, k_caches, v_caches, strict=True):
             normed, residual = ops.rms_norm(hidden, layer.input_layernorm.weight, eps, residual)
             hidden = layer.self_attn(normed, batch, k_cache, v_cache, rotary, ops)
             normed, residual = ops.rms_norm(
                 hidden, layer.post_attention_layernorm.weight, eps, residual
             )
             hidden = layer.mlp(normed)
-        last = hidden[logits_index], residual[logits_index]  # [B, hidden] each
-        normed, _ = ops.rms_norm(last[0], self.model.norm.weight, eps, last[1])
+        assert residual is not None, "a model has at least one layer"
+        if logits_index is not None:
+            hidden, residual = hidden[logits_index], residual[logits_index]  # [B, hidden]
+        normed, _ = ops.rms_norm(hidden, self.model.norm.weight, eps, residual)
         return self.lm_head(normed).float()
