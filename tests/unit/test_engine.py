@@ -104,6 +104,19 @@ def test_finish_reason_stop_string_is_cut_from_the_text(tiny_llama_dir):
     assert list(out.token_ids) == list(full.token_ids[: len(out.token_ids)])
 
 
+def test_stop_strings_are_checked_on_a_tail_of_the_tokens(tiny_llama_dir, monkeypatch):
+    engine = make_engine(tiny_llama_dir)
+    decoded: list[int] = []  # lengths of the token lists decoded
+    decode = engine.tokenizer.decode
+    monkeypatch.setattr(engine.tokenizer, "decode",
+                        lambda ids, **kw: decoded.append(len(ids)) or decode(ids, **kw))
+    stop = "never\x00"
+    out = engine.generate([make_request("s", max_tokens=60, ignore_eos=True, stop=(stop,))])[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 60
+    assert decoded[-1] == 60  # the output's text, once
+    assert len(decoded) == 61 and max(decoded[:-1]) <= len(stop.encode()) + 4
+
+
 def test_finish_reason_length(tiny_llama_dir):
     out = make_engine(tiny_llama_dir).generate([make_request("n", max_tokens=7, ignore_eos=True)])
     assert out[0].finish_reason == "length"
@@ -157,6 +170,14 @@ def test_oversized_and_bad_requests_get_errors_and_the_rest_is_served(tiny_llama
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         EngineConfig(model="m", **{field: value})
+
+
+@pytest.mark.parametrize("max_batch, buckets", [
+    (1, (1,)), (3, (1, 2, 3)), (8, (1, 2, 4, 8)), (20, (1, 2, 4, 8, 16, 20)),
+    (40, (1, 2, 4, 8, 16, 24, 32, 40)),
+])
+def test_decode_buckets(max_batch, buckets):
+    assert EngineConfig(model="m", max_batch=max_batch).decode_buckets == buckets
 
 
 def test_config_rejects_two_budgets():

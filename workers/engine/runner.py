@@ -19,6 +19,7 @@ sync is the transfer of the sampled ids.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import inspect
 import logging
@@ -113,7 +114,8 @@ class ModelRunner:
         self._decode_batches = {b: self._decode_batch(b) for b in self.buckets}
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         if self._use_cuda_graphs():
-            self._capture_graphs()
+            with self._on_device():
+                self._capture_graphs()
 
     # ---- setup ------------------------------------------------------------------------
 
@@ -189,6 +191,13 @@ class ModelRunner:
             return False
         return True
 
+    def _on_device(self) -> contextlib.AbstractContextManager[Any]:
+        """On CUDA, the runner's device is the current one (streams and graph replays
+        follow the current device, and the engine may step in a thread of its own)."""
+        if self.device.type == "cuda":
+            return torch.cuda.device(self.device)
+        return contextlib.nullcontext()
+
     @torch.inference_mode()
     def _capture_graphs(self) -> None:
         """One CUDA graph per bucket, largest first, sharing one memory pool.
@@ -204,12 +213,11 @@ class ModelRunner:
                 self._decode_forward(bucket)
         current.wait_stream(side)
         torch.cuda.synchronize(self.device)
-        pool = None
+        pool = torch.cuda.graph_pool_handle()  # the smaller graphs reuse the largest's memory
         for bucket in reversed(self.buckets):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 self._decode_forward(bucket)
-            pool = graph.pool() if pool is None else pool
             self.graphs[bucket] = graph
         torch.cuda.synchronize(self.device)
 
@@ -219,6 +227,10 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch) -> StepTokens:
         """Prefill the newcomers, then decode every running sequence (newcomers fed their
         first token on the device); one transfer brings both steps' tokens to the host."""
+        with self._on_device():
+            return self._run(batch)
+
+    def _run(self, batch: ScheduledBatch) -> StepTokens:
         start = time.perf_counter()
         new_rows = self._update_rows(batch)
         n = len(self.rows)
@@ -274,8 +286,8 @@ class ModelRunner:
         logits = self.model(self._to_device(token_ids), batch, self.cache.k, self.cache.v,
                             logits_index)  # [k, V]
         counters = self.seq_lens.device[new_rows] - 1  # first token's index: prompt length
-        rows = self._sampling_rows(new_rows) if sampling else None
-        tokens = self.sampler(logits, rows, counters)  # [k]
+        params = self._sampling_rows(new_rows) if sampling else None
+        tokens = self.sampler(logits, params, counters)  # [k]
         self.token_ids.device[new_rows] = tokens
         return tokens
 
