@@ -85,11 +85,11 @@ class Scheduler:
     def _grow(self) -> tuple[list[Sequence], int]:
         """Give each running sequence a block for the token it feeds next, oldest first,
         preempting the youngest when none is free. Returns (grown, preempted count)."""
-        allocator, grown, preempted = self.cache.allocator, [], 0
-        i = 0
+        allocator, block_size = self.cache.allocator, self.cache.block_size
+        grown, preempted, i = [], 0, 0
         while i < len(self.running):  # preemption pops from the end, past i
             seq = self.running[i]
-            missing = self.cache.blocks_for(len(seq.token_ids)) - len(seq.blocks)
+            missing = -(-len(seq.token_ids) // block_size) - len(seq.blocks)
             if missing > 0:
                 while allocator.num_free < missing and self.running[-1] is not seq:
                     self._preempt(self.running.pop())
