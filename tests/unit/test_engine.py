@@ -51,6 +51,26 @@ def test_insertion_refills_the_batch_the_step_after_a_retirement(tiny_llama_dir)
     assert engine.cache.allocator.num_free == engine.cache.num_blocks  # all blocks back
 
 
+def test_padding_rows_write_only_the_scratch_block(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, max_batch=4)  # 3 sequences: a bucket of 4 rows
+    cache = engine.cache
+    assert cache.scratch_block == cache.num_blocks  # past every block the allocator owns
+    for t in (*cache.k, *cache.v):
+        t[cache.scratch_block].fill_(7.0)  # a padding row writes its slot 0 (position 0)
+    for i in range(3):
+        engine.add(make_request(f"p{i}", start=5 + i, max_tokens=6, ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+        assert engine.last_step.decode_tokens == 3
+    owned = {b for s in engine.running for b in s.blocks}
+    untouched = [b for b in range(cache.num_blocks) if b not in owned]
+    assert untouched
+    for t in (*cache.k, *cache.v):
+        assert (t[cache.scratch_block, 0] != 7.0).all()  # the padding row wrote here
+        assert (t[cache.scratch_block, 1:] == 7.0).all()
+        assert t[untouched].abs().sum() == 0  # and nowhere else
+
+
 def test_static_policy_never_refills_a_running_batch(tiny_llama_dir):
     engine = make_engine(tiny_llama_dir, policy="static", max_batch=4)
     for i, n in enumerate([3, 9, 5, 12, 4, 7]):
