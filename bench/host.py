@@ -1,6 +1,6 @@
 """``binbaton bench host``: host time per decode step, before and after, side by side.
 
-The model is a preset whose arithmetic is negligible (24 layers of hidden 16, 2 heads, a
+The model is a preset whose arithmetic is small (24 layers of hidden 16, 2 heads, a
 ~300-token vocabulary, 2048 positions), so a decode step's time is host time: the engine's
 bookkeeping plus the Python and dispatch cost of every op the forward calls. B requests
 (16-token prompts, 512 new tokens reserved, so block tables are 33 blocks wide) are
@@ -11,10 +11,11 @@ started), extracted with ``git archive`` into a temporary directory and imported
 package shim (``binbaton.<x>`` -> its ``<x>/`` folder, as pyproject's package-dir maps
 them); AFTER is this tree, imported the same way. Each measurement runs this file's
 ``measure`` in a subprocess of its own (one torch thread), BEFORE then AFTER at each batch
-size, in one run. Reported per step: the process's CPU time (mean; shared cores disturb it
-least), split into the model's forward and the engine outside it (scheduling, inputs,
-sampling, postprocessing); the median wall time; and, in further steps of the same run,
-the engine alone: its CPU time per step with the forward replaced by fixed logits.
+size, in one run. Reported per step (medians over the steps): the process's CPU time
+(shared cores disturb it least), split into the model's forward and the engine outside
+it (scheduling, inputs, sampling, postprocessing); the wall time; and, in further steps
+of the same run, the engine alone: its CPU time per step with the forward replaced by
+fixed logits.
 
 On the CPU both versions run the forward eagerly through the torch twins of the kernel
 ops (the same ops, less the fused projections), so the forward's share is op dispatch and
@@ -109,10 +110,12 @@ def measure(checkpoint: str, batch: int, steps: int, warmup: int) -> dict[str, f
     return {
         "wall_ms_per_step": 1000 * statistics.median(wall),
         "wall_ms_p99": 1000 * sorted(wall)[min(len(wall) - 1, int(0.99 * len(wall)))],
-        "cpu_ms_per_step": 1000 * statistics.fmean(cpu),
-        "forward_cpu_ms_per_step": 1000 * statistics.fmean(forward),
-        "engine_cpu_ms_per_step": 1000 * (statistics.fmean(cpu) - statistics.fmean(forward)),
-        "engine_alone_cpu_ms_per_step": 1000 * statistics.fmean(alone),
+        "cpu_ms_per_step": 1000 * statistics.median(cpu),
+        "forward_cpu_ms_per_step": 1000 * statistics.median(forward),
+        "engine_cpu_ms_per_step": 1000 * statistics.median(
+            c - f for c, f in zip(cpu, forward, strict=True)
+        ),
+        "engine_alone_cpu_ms_per_step": 1000 * statistics.median(alone),
     }
 
 
@@ -224,11 +227,11 @@ def run(args: argparse.Namespace) -> BenchResult:
             "after": f"this tree ({git_commit('HEAD')}"
                      f"{', with uncommitted changes' if _dirty() else ''})",
             "ratio_before_over_after": ratios,
-            "row_fields": "cpu_ms_per_step: the process's CPU time per decode step (mean), "
+            "row_fields": "cpu_ms_per_step: the process's CPU time per decode step (median), "
                           "split into forward_cpu_ms_per_step (inside the model's forward) and "
                           "engine_cpu_ms_per_step (the rest); engine_alone_cpu_ms_per_step: "
                           "CPU time per step with the forward replaced by fixed logits "
-                          f"(mean of {ENGINE_ALONE_STEPS} steps after {ENGINE_ALONE_WARMUP}); "
+                          f"(median of {ENGINE_ALONE_STEPS} steps after {ENGINE_ALONE_WARMUP}); "
                           "output_tokens_per_s: decode "
                           "tokens per wall second (batch / median step); latency_ms: one "
                           "decode step's wall time (p50, p99); ttft_ms and requests_per_s "

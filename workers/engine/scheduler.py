@@ -86,21 +86,22 @@ class Scheduler:
         """Give each running sequence a block for the token it feeds next, oldest first,
         preempting the youngest when none is free. Returns (grown, preempted count)."""
         allocator, block_size = self.cache.allocator, self.cache.block_size
-        grown, preempted, i = [], 0, 0
-        while i < len(self.running):  # preemption pops from the end, past i
-            seq = self.running[i]
+        grown, preempted = [], 0
+        # Only a sequence whose next token starts a block it does not hold needs one.
+        short = [s for s in self.running if len(s.token_ids) > len(s.blocks) * block_size]
+        for seq in short:
+            if not seq.blocks:
+                continue  # preempted already, for an older one
             missing = -(-len(seq.token_ids) // block_size) - len(seq.blocks)
-            if missing > 0:
-                while allocator.num_free < missing and self.running[-1] is not seq:
-                    self._preempt(self.running.pop())
-                    preempted += 1
-                if allocator.num_free < missing:  # seq is the youngest left: it goes too
-                    self._preempt(self.running.pop())
-                    preempted += 1
-                    break
-                seq.blocks += allocator.allocate(missing)
-                grown.append(seq)
-            i += 1
+            while allocator.num_free < missing and self.running[-1] is not seq:
+                self._preempt(self.running.pop())
+                preempted += 1
+            if allocator.num_free < missing:  # seq is the youngest left: it goes too
+                self._preempt(self.running.pop())
+                preempted += 1
+                break
+            seq.blocks += allocator.allocate(missing)
+            grown.append(seq)
         return grown, preempted
 
     def _admit(self) -> list[Sequence]:
