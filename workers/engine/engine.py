@@ -78,11 +78,12 @@ class Engine:
         ))
 
     def abort(self, request_id: str) -> bool:
-        """Drop a queued or running request: it yields no output, not even an error.
+        """Drop a queued or running request: it yields no output, not even an error
+        (a pending error output of that id is dropped too).
 
         Its cache blocks go back to the pool at once (through the scheduler's ``_free``),
-        its decode row at the next step. Every request queued under that id goes. False
-        when no request of that id is queued or running.
+        its decode row at the next step. Every request under that id goes. False when no
+        request of that id is queued, running or pending.
         """
         rejected = [o for o in self._rejected if o.id == request_id]
         if rejected:
@@ -93,6 +94,7 @@ class Engine:
         return bool(self.scheduler.has_work() or self._rejected)
 
     def step(self) -> list[GenerationOutput]:
+        """schedule → run → postprocess; returns the requests finished by this step."""
         outputs, self._rejected = self._rejected, []
         batch = self.scheduler.schedule()
         tokens = self.runner.run(batch)

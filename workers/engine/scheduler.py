@@ -47,7 +47,7 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         grown, preempted = self._grow()
-        newcomers = [] if preempted else self._admit()
+        newcomers = self._admit() if self.waiting and not preempted else []
         freed, self._freed = self._freed, []
         return ScheduledBatch(
             prefill=newcomers,
