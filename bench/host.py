@@ -100,7 +100,8 @@ def measure(checkpoint: str, batch: int, steps: int, warmup: int) -> dict[str, f
     # The engine alone: the forward replaced by fixed logits, as on a GPU where the forward
     # runs on the device (one graph replay) and leaves the host's caches to the engine.
     fixed_logits = torch.randn(batch, vocab)
-    engine.model.forward = lambda *args, **kwargs: fixed_logits
+    model: Any = engine.model
+    model.forward = lambda *args, **kwargs: fixed_logits
     alone = []
     for i in range(ENGINE_ALONE_WARMUP + ENGINE_ALONE_STEPS):
         c0 = time.process_time()
