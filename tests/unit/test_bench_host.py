@@ -8,7 +8,8 @@ from binbaton.bench.results import read_result
 
 def test_bench_host_measures_the_base_commit_and_this_tree(tmp_path, capsys) -> None:
     # HEAD as the base: any checkout has it (the committed run used the branch's start).
-    args = ["host", "--base", "HEAD", "--batches", "2", "--steps", "2", "--warmup", "1"]
+    args = ["host", "--base", "HEAD", "--batches", "2", "--steps", "2", "--warmup", "1",
+            "--repeat", "1"]
     assert main([*args, "--out", str(tmp_path)]) == 0
     [path] = tmp_path.glob("*-cpu-host.json")
     data = read_result(path)
