@@ -274,7 +274,8 @@ def _row(batch: int, version: str, m: dict[str, Any]) -> Row:
 
 
 def _dirty() -> bool:
-    status = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "."],
+    status = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
+                             "--untracked-files=no", "--", "."],
                             check=True, capture_output=True, text=True).stdout
     return bool(status.strip())
 
@@ -309,8 +310,9 @@ def plot(result: BenchResult, path: Path) -> Path | None:
                     va="bottom", fontsize=7)
     ratios = result.notes["ratio_before_over_after"]
     ax.set_xticks(range(len(batches)), [
-        f"batch {b}: step {ratios[str(b)]['cpu_ms_per_step']:.2f}× less,\n"
-        f"engine outside the forward {ratios[str(b)]['engine_cpu_ms_per_step']:.2f}× less"
+        f"batch {b}, before / after: step {ratios[str(b)]['cpu_ms_per_step']:.2f}×,\n"
+        f"engine outside the forward {ratios[str(b)]['engine_cpu_ms_per_step']:.2f}×, "
+        f"engine alone {ratios[str(b)]['engine_alone_cpu_ms_per_step']:.2f}×"
         for b in batches
     ], fontsize=8)
     ax.set_ylabel("host (CPU) ms per decode step")
