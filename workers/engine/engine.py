@@ -153,20 +153,20 @@ class Engine:
                 seq.inserted_at = tokens.decode_started_at  # it joined the running batch
         decoded = 0
         for seq, token in zip(batch.decode, tokens.decode, strict=True):
-            if not seq.finished:
+            if seq.finish_reason is None:  # else a newcomer done on its first token
                 self._append(seq, token)
                 decoded += 1
-        finished = [seq for seq in batch.decode if seq.finished]
+        finished = [seq for seq in batch.decode if seq.finish_reason is not None]
         self.scheduler.retire(finished)
         return [seq.output(self._final_text(seq)) for seq in finished], decoded
 
     def _append(self, seq: Sequence, token: int) -> None:
-        seq.append(token)
+        seq.token_ids.append(token)
         sampling = seq.request.sampling
-        eos = not sampling.ignore_eos and token in self.eos_token_ids
+        eos = token in self.eos_token_ids and not sampling.ignore_eos
         if eos or (sampling.stop and self._cut_at_stop(seq)):
             seq.finish_reason = "stop"
-        elif seq.num_generated >= sampling.max_tokens:
+        elif len(seq.token_ids) >= seq.max_len:
             seq.finish_reason = "length"
 
     def _cut_at_stop(self, seq: Sequence) -> bool:

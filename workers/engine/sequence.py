@@ -27,6 +27,10 @@ class Sequence:
     first_token_at: float | None = None
     prefill_finished_at: float | None = None
     inserted_at: float | None = None
+    max_len: int = field(init=False)  # prompt + max_tokens: it ends there ("length")
+
+    def __post_init__(self) -> None:
+        self.max_len = self.prompt_len + self.request.sampling.max_tokens
 
     @property
     def id(self) -> str:
@@ -47,9 +51,6 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
-
-    def append(self, token: int) -> None:
-        self.token_ids.append(token)
 
     def output(self, text: str) -> GenerationOutput:
         assert self.finish_reason is not None
