@@ -1,4 +1,4 @@
-"""``binbaton bench {model,engine,pipeline,kernels,report}``: side-by-side benchmarks.
+"""``binbaton bench {model,engine,pipeline,kernels,host,report}``: side-by-side benchmarks.
 
 What each measures and the latest figures: bench/README.md.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from binbaton.bench import engine, kernels, model_cli, pipeline, report
+from binbaton.bench import engine, host, kernels, model_cli, pipeline, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_arguments(
         sub.add_parser("kernels", help="decode attention: Triton vs SDPA vs the torch twin")
     )
+    host.add_arguments(
+        sub.add_parser("host", help="host time per decode step, a base commit vs this tree")
+    )
     report.add_arguments(sub.add_parser("report", help="Markdown table of results files"))
     return parser
 
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             return pipeline.main(args)
         if args.command == "kernels":
             return kernels.main(args)
+        if args.command == "host":
+            return host.main(args)
         if args.command == "report":
             return report.main(args)
     except (ValueError, FileNotFoundError) as exc:

@@ -51,6 +51,26 @@ def test_insertion_refills_the_batch_the_step_after_a_retirement(tiny_llama_dir)
     assert engine.cache.allocator.num_free == engine.cache.num_blocks  # all blocks back
 
 
+def test_padding_rows_write_only_the_scratch_block(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, max_batch=4)  # 3 sequences: a bucket of 4 rows
+    cache = engine.cache
+    assert cache.scratch_block == cache.num_blocks  # past every block the allocator owns
+    for t in (*cache.k, *cache.v):
+        t[cache.scratch_block].fill_(7.0)  # a padding row writes its slot 0 (position 0)
+    for i in range(3):
+        engine.add(make_request(f"p{i}", start=5 + i, max_tokens=6, ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+        assert engine.last_step.decode_tokens == 3
+    owned = {b for s in engine.running for b in s.blocks}
+    untouched = [b for b in range(cache.num_blocks) if b not in owned]
+    assert untouched
+    for t in (*cache.k, *cache.v):
+        assert (t[cache.scratch_block, 0] != 7.0).all()  # the padding row wrote here
+        assert (t[cache.scratch_block, 1:] == 7.0).all()
+        assert t[untouched].abs().sum() == 0  # and nowhere else
+
+
 def test_static_policy_never_refills_a_running_batch(tiny_llama_dir):
     engine = make_engine(tiny_llama_dir, policy="static", max_batch=4)
     for i, n in enumerate([3, 9, 5, 12, 4, 7]):
@@ -102,6 +122,19 @@ def test_finish_reason_stop_string_is_cut_from_the_text(tiny_llama_dir):
     assert stop not in out.text
     assert len(out.token_ids) < 30
     assert list(out.token_ids) == list(full.token_ids[: len(out.token_ids)])
+
+
+def test_stop_strings_are_checked_on_a_tail_of_the_tokens(tiny_llama_dir, monkeypatch):
+    engine = make_engine(tiny_llama_dir)
+    decoded: list[int] = []  # lengths of the token lists decoded
+    decode = engine.tokenizer.decode
+    monkeypatch.setattr(engine.tokenizer, "decode",
+                        lambda ids, **kw: decoded.append(len(ids)) or decode(ids, **kw))
+    stop = "never\x00"
+    out = engine.generate([make_request("s", max_tokens=60, ignore_eos=True, stop=(stop,))])[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 60
+    assert decoded[-1] == 60  # the output's text, once
+    assert len(decoded) == 61 and max(decoded[:-1]) <= len(stop.encode()) + 4
 
 
 def test_finish_reason_length(tiny_llama_dir):
@@ -157,6 +190,14 @@ def test_oversized_and_bad_requests_get_errors_and_the_rest_is_served(tiny_llama
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         EngineConfig(model="m", **{field: value})
+
+
+@pytest.mark.parametrize("max_batch, buckets", [
+    (1, (1,)), (3, (1, 2, 3)), (8, (1, 2, 4, 8)), (20, (1, 2, 4, 8, 16, 20)),
+    (40, (1, 2, 4, 8, 16, 24, 32, 40)),
+])
+def test_decode_buckets(max_batch, buckets):
+    assert EngineConfig(model="m", max_batch=max_batch).decode_buckets == buckets
 
 
 def test_config_rejects_two_budgets():
@@ -252,3 +293,51 @@ def test_prefill_token_cap_spreads_admissions_over_steps(tiny_llama_dir):
     assert engine.last_step.prefill_tokens == 30
     engine.step()
     assert engine.last_step.admitted == 1
+
+
+# ---- abort --------------------------------------------------------------------------
+
+
+def test_abort_mid_decode_frees_the_blocks_and_the_rest_match_hf(tiny_llama_dir, hf_reference):
+    requests = [make_request(f"a{i}", prompt_len=6 + 5 * i, start=5 + i, max_tokens=12 + 3 * i)
+                for i in range(4)]
+    expected = hf_reference(tiny_llama_dir, requests)
+    engine = make_engine(tiny_llama_dir, max_batch=4)
+    for request in requests:
+        engine.add(request)
+    outputs = {}
+    for _ in range(3):
+        outputs.update((o.id, o) for o in engine.step())
+    victim = next(s for s in engine.running if s.id == "a2")
+    assert victim.num_generated > 1  # mid-decode
+    held, free = len(victim.blocks), engine.cache.allocator.num_free
+    assert engine.abort("a2")
+    assert engine.cache.allocator.num_free == free + held  # back at once
+    assert [s.id for s in engine.running] == ["a0", "a1", "a3"]
+    outputs.update((o.id, o) for o in engine.step())
+    assert engine.last_step.decode_tokens == 3  # its decode row is gone too
+    while engine.has_work():
+        outputs.update((o.id, o) for o in engine.step())
+    assert sorted(outputs) == ["a0", "a1", "a3"]
+    assert all(list(outputs[r].token_ids) == expected[r] for r in outputs)
+    assert engine.cache.allocator.num_free == engine.cache.num_blocks
+    assert not engine.abort("a2")  # gone
+
+
+def test_abort_of_a_waiting_request_and_of_an_unknown_id(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, max_batch=1)
+    engine.add(make_request("first", max_tokens=4, ignore_eos=True))
+    engine.add(make_request("second", max_tokens=4, ignore_eos=True))
+    engine.add(GenerationRequest(id="bad", prompt_token_ids=()))  # an error output, pending
+    engine.step()
+    assert [s.id for s in engine.waiting] == ["second"]
+    assert engine.abort("second")
+    assert not engine.abort("nobody")
+    assert not engine.waiting
+    outputs = []
+    while engine.has_work():
+        outputs += engine.step()
+    assert [o.id for o in outputs] == ["first"]  # "bad" came out of the first step
+    engine.add(GenerationRequest(id="bad2", prompt_token_ids=()))
+    assert engine.abort("bad2")  # a pending error output is dropped too
+    assert not engine.has_work()

@@ -67,3 +67,28 @@ async def test_stop_timeout_fails_unfinished_requests(tiny_mistral_dir):
     with pytest.raises(RuntimeError, match="stopped"):
         future.result()
     assert engine.num_pending == 0
+
+
+async def test_abort_cancels_the_future_frees_the_cache_and_spares_the_rest(tiny_mistral_dir):
+    requests = make_requests(4)
+    long = GenerationRequest(id="long", prompt_token_ids=tuple(range(5, 20)),
+                             sampling=SamplingParams(max_tokens=400, ignore_eos=True))
+    expected = make_engine(tiny_mistral_dir).generate(requests)
+    engine = AsyncEngine(make_engine(tiny_mistral_dir))
+    await engine.start()
+    doomed = engine.submit(long)
+    futures = [engine.submit(r) for r in requests]
+    while engine.engine.stats.decode_tokens < 10:  # "long" is decoding
+        await asyncio.sleep(0.01)
+    assert engine.abort("long")
+    assert doomed.cancelled()
+    assert engine.num_pending == 4
+    assert not engine.abort("long")
+    assert not engine.abort("unknown")
+    outputs = await asyncio.wait_for(asyncio.gather(*futures), timeout=60)
+    assert [o.token_ids for o in outputs] == [o.token_ids for o in expected]
+    assert engine.num_pending == 0
+    await engine.stop(timeout=5)
+    cache = engine.engine.cache
+    assert cache.allocator.num_free == cache.num_blocks
+    assert engine.engine.stats.retired == 4  # "long" never finished

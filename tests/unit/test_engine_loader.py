@@ -44,3 +44,47 @@ def test_dynamic_rope_is_rejected_with_the_supported_list():
                          rope_scaling={"rope_type": "dynamic", "factor": 2.0})
     with pytest.raises(ValueError, match=r"dynamic.*supported"):
         inv_freq_and_scaling(config, head_dim=16)
+
+
+def _empty_model(checkpoint):
+    from binbaton.kernels.ops import TORCH_OPS
+    from binbaton.workers.engine.loader import model_shape
+    from binbaton.workers.engine.model import CausalLM
+    from transformers import AutoConfig
+
+    return CausalLM(model_shape(AutoConfig.from_pretrained(checkpoint)), TORCH_OPS)
+
+
+def test_fused_projections_are_the_checkpoints_tensors_stacked(tiny_qwen2_dir):
+    """Qwen2: q/k/v with biases into qkv_proj, gate/up into gate_up_proj, tied lm_head."""
+    from binbaton.workers.engine.loader import load_weights
+    from safetensors.torch import load_file
+
+    weights = load_file(tiny_qwen2_dir / "model.safetensors")
+    model = _empty_model(tiny_qwen2_dir)
+    load_weights(model, weights.items())
+    layer = model.model.layers[1]
+    prefix = "model.layers.1."
+    for kind in ("weight", "bias"):
+        expected = torch.cat([weights[f"{prefix}self_attn.{p}_proj.{kind}"] for p in "qkv"])
+        assert torch.equal(getattr(layer.self_attn.qkv_proj, kind), expected)
+    gate_up = torch.cat([weights[f"{prefix}mlp.{p}_proj.weight"] for p in ("gate", "up")])
+    assert torch.equal(layer.mlp.gate_up_proj.weight, gate_up)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_bad_weights_are_named(tiny_qwen3_dir):
+    from binbaton.workers.engine.loader import load_weights
+    from safetensors.torch import load_file
+
+    weights = load_file(tiny_qwen3_dir / "model.safetensors")
+    missing = {k: v for k, v in weights.items() if k != "model.layers.0.self_attn.k_proj.weight"}
+    with pytest.raises(ValueError, match=r"missing.*model\.layers\.0\.self_attn\.k_proj\.weight"):
+        load_weights(_empty_model(tiny_qwen3_dir), missing.items())
+    wrong = dict(weights)
+    wrong["model.layers.0.mlp.up_proj.weight"] = wrong["model.layers.0.mlp.up_proj.weight"][:-1]
+    with pytest.raises(ValueError, match=r"up_proj\.weight' has shape"):
+        load_weights(_empty_model(tiny_qwen3_dir), wrong.items())
+    with pytest.raises(ValueError, match=r"unexpected weight 'model\.extra\.weight'"):
+        load_weights(_empty_model(tiny_qwen3_dir), [*weights.items(),
+                                                   ("model.extra.weight", torch.zeros(1))])

@@ -2,6 +2,8 @@
 
 ``submit`` hands a request to the thread through a lock-protected inbox and returns an
 asyncio.Future; the thread resolves it on the loop with ``loop.call_soon_threadsafe``.
+``abort`` cancels a request's future at once and hands the abort to the thread through
+the same inbox, so submissions and aborts reach the engine in the order they were made.
 The loop never waits on model work, so a worker's Kafka heartbeats never stall.
 """
 
@@ -11,6 +13,7 @@ import asyncio
 import logging
 import threading
 from collections import defaultdict, deque
+from dataclasses import dataclass
 
 from binbaton.workers.engine.engine import Engine
 from binbaton.workers.engine.request import GenerationOutput, GenerationRequest
@@ -18,10 +21,15 @@ from binbaton.workers.engine.request import GenerationOutput, GenerationRequest
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Abort:
+    request_id: str
+
+
 class AsyncEngine:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._inbox: list[GenerationRequest] = []
+        self._inbox: list[GenerationRequest | _Abort] = []
         self._wake = threading.Condition()
         self._futures: dict[str, deque[asyncio.Future[GenerationOutput]]] = defaultdict(deque)
         self._pending = 0  # touched only on the loop
@@ -57,6 +65,21 @@ class AsyncEngine:
             self._inbox.append(request)
             self._wake.notify()
         return future
+
+    def abort(self, request_id: str) -> bool:
+        """Drop a submitted request (call on the loop, like ``submit``): its future is
+        cancelled now and the engine thread drops it before its next step, freeing its
+        cache. False when no request of that id is pending (unknown, or finished)."""
+        waiters = self._futures.pop(request_id, None)
+        if not waiters:
+            return False
+        for future in waiters:
+            future.cancel()
+        self._pending -= len(waiters)
+        with self._wake:
+            self._inbox.append(_Abort(request_id))
+            self._wake.notify()
+        return True
 
     async def stop(self, timeout: float | None = None) -> None:
         """Finish in-flight work within ``timeout`` seconds, then stop the thread.
@@ -98,8 +121,11 @@ class AsyncEngine:
             inbox, self._inbox = self._inbox, []
         if self._halt:
             return False
-        for request in inbox:
-            self.engine.add(request)
+        for item in inbox:
+            if isinstance(item, _Abort):
+                self.engine.abort(item.request_id)
+            else:
+                self.engine.add(item)
         return not (self._stopping and not self.engine.has_work())
 
     def _notify(self) -> None:
@@ -116,7 +142,7 @@ class AsyncEngine:
     def _resolve(self, output: GenerationOutput) -> None:
         waiters = self._futures.get(output.id)
         if not waiters:
-            return  # already failed by stop()
+            return  # already failed by stop(), or aborted
         future = waiters.popleft()
         if not waiters:
             del self._futures[output.id]

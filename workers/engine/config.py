@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 POLICIES: tuple[str, ...] = ("static", "multibin-static", "insert", "multibin-insert")
@@ -31,6 +32,10 @@ class EngineConfig:
     bin_max_batch: tuple[int, ...] | None = None
     bin_reserved_tokens: tuple[int, ...] | None = None
     kernel_backend: str = "auto"  # passed to binbaton.kernels.ops.select_ops
+    # Replay the decode step as CUDA graphs, one per batch-size bucket, captured at startup
+    # (CUDA with the Triton kernels only; the CPU runs the same static buffers eagerly).
+    # False: eager on CUDA too (debugging, profiling).
+    cuda_graphs: bool = True
     seed: int = 0  # generator for sampled requests that carry no seed
 
     def __post_init__(self) -> None:
@@ -68,6 +73,13 @@ class EngineConfig:
             raise ValueError(
                 f"bin_max_batch {self.bin_max_batch} exceeds max_batch {self.max_batch}"
             )
+
+    @cached_property
+    def decode_buckets(self) -> tuple[int, ...]:
+        """Decode batch sizes the step is padded to: 1, 2, 4, 8, then every 8, and max_batch."""
+        sizes = [b for b in (1, 2, 4, 8) if b < self.max_batch]
+        sizes += range(16, self.max_batch, 8)
+        return (*sizes, self.max_batch)
 
     @property
     def multibin(self) -> bool:

@@ -1,59 +1,66 @@
 """The engine: continuous batching with mid-flight KV insertion over a paged cache.
 
-One ``step()``: admit waiting requests into free capacity (the policy decides) → prefill
-the newcomers together, packed without padding, writing their K/V into the cache → one
-decode step for every running sequence → sample → retire finished sequences and hand
-their outputs out at once. Freed blocks are reused by the next step's admissions.
-Cache blocks are released in exactly one place: ``_free``.
+One ``step()`` is schedule → run → postprocess:
+- the scheduler gives each running sequence a block for its next token (preempting the
+  youngest when the cache is full) and admits waiting requests (the policy decides);
+- the model runner prefills the newcomers together, packed without padding, writing
+  their K/V into the cache, then runs one decode step for every running sequence,
+  newcomers included, and brings the sampled tokens to the host in one transfer;
+- postprocessing appends the tokens, checks EOS, stop strings and lengths, retires
+  finished sequences and hands their outputs out at once.
+Cache blocks are released in exactly one place, the scheduler's ``_free``.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import random
 
-import torch
-from binbaton.kernels.ops import select_ops
+from binbaton.kernels.ops import KernelOps
 from binbaton.workers.engine.config import EngineConfig
-from binbaton.workers.engine.kv_cache import KVCache, blocks_from_budget, bytes_per_token
-from binbaton.workers.engine.loader import DTYPES, load_model
-from binbaton.workers.engine.model import ForwardBatch
-from binbaton.workers.engine.policy import AdmissionBudget, make_policy
+from binbaton.workers.engine.kv_cache import KVCache
+from binbaton.workers.engine.model import CausalLM
 from binbaton.workers.engine.request import GenerationOutput, GenerationRequest
-from binbaton.workers.engine.sampler import Sampler, make_generator
+from binbaton.workers.engine.runner import ModelRunner, StepTokens
+from binbaton.workers.engine.sampler import seed_key
+from binbaton.workers.engine.scheduler import ScheduledBatch, Scheduler
 from binbaton.workers.engine.sequence import Sequence, error_output
 from binbaton.workers.engine.stats import EngineStats, StepStats
+
+STOP_WINDOW_SLACK = 4  # tokens decoded beyond a stop string's length in UTF-8 bytes
 
 
 class Engine:
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.device = torch.device(config.device)
-        self.ops = select_ops(config.kernel_backend, self.device)
-        loaded = load_model(config.model, self.device, config.dtype, self.ops,
-                            config.max_model_len)
-        self.model = loaded.model
-        self.tokenizer = loaded.tokenizer
-        self.eos_token_ids = loaded.eos_token_ids
-        self.max_model_len = loaded.max_model_len
-        shape = loaded.shape
-        dtype = DTYPES[config.dtype]
-        token_bytes = bytes_per_token(shape.num_layers, shape.num_kv_heads, shape.head_dim, dtype)
-        num_blocks = blocks_from_budget(
-            self._budget_tokens(token_bytes), config.kv_budget_bytes, config.block_size,
-            token_bytes,
-        )
-        self.cache = KVCache(shape.num_layers, num_blocks, config.block_size,
-                             shape.num_kv_heads, shape.head_dim, dtype, self.device)
-        self.policy = make_policy(config)
-        self.sampler = Sampler(config.seed, self.device)
-        self.waiting: list[Sequence] = []  # FIFO; preempted sequences go back to the front
-        self.running: list[Sequence] = []  # admission order (youngest last)
+        self.runner = ModelRunner(config)
+        self.tokenizer = self.runner.tokenizer
+        self.eos_token_ids = self.runner.eos_token_ids
+        self.max_model_len = self.runner.max_model_len
+        self.scheduler = Scheduler(config, self.runner.cache)
         self._rejected: list[GenerationOutput] = []
-        self._preempted = 0  # this step
-        self._decode_started_at = 0.0  # unix time of this step's decode forward
+        self._seeds = random.Random(config.seed)  # for sampled requests that carry no seed
         self.stats = EngineStats()
         self.last_step = StepStats()
+
+    @property
+    def model(self) -> CausalLM:
+        return self.runner.model
+
+    @property
+    def cache(self) -> KVCache:
+        return self.runner.cache
+
+    @property
+    def ops(self) -> KernelOps:
+        return self.runner.ops
+
+    @property
+    def running(self) -> list[Sequence]:
+        return self.scheduler.running
+
+    @property
+    def waiting(self) -> list[Sequence]:
+        return self.scheduler.waiting
 
     # ---- public API -------------------------------------------------------------------
 
@@ -63,27 +70,37 @@ class Engine:
         if problem is not None:
             self._rejected.append(error_output(request, *problem))
             return
-        seq = Sequence(
+        seed = request.sampling.seed
+        self.scheduler.add(Sequence(
             request=request,
             token_ids=list(request.prompt_token_ids),
-            generator=make_generator(request.sampling.seed, self.device),
-        )
-        self.waiting.append(seq)
+            sampling_key=seed_key(self._seeds.getrandbits(64) if seed is None else seed),
+        ))
+
+    def abort(self, request_id: str) -> bool:
+        """Drop a queued or running request: it yields no output, not even an error
+        (a pending error output of that id is dropped too).
+
+        Its cache blocks go back to the pool at once (through the scheduler's ``_free``),
+        its decode row at the next step. Every request under that id goes. False when no
+        request of that id is queued, running or pending.
+        """
+        rejected = [o for o in self._rejected if o.id == request_id]
+        if rejected:
+            self._rejected = [o for o in self._rejected if o.id != request_id]
+        return self.scheduler.abort(request_id) or bool(rejected)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._rejected)
+        return bool(self.scheduler.has_work() or self._rejected)
 
     def step(self) -> list[GenerationOutput]:
+        """schedule → run → postprocess; returns the requests finished by this step."""
         outputs, self._rejected = self._rejected, []
-        self._preempted = 0
-        newcomers = self._admit()
-        prefill_s, prefill_tokens = self._timed(self._prefill, newcomers)
-        outputs += self._retire()  # newcomers done on their first token
-        decode_s, decoded = self._timed(self._decode, list(self.running))
-        if newcomers and decoded and self.config.insertion:
-            self._mark_inserted(newcomers)
-        outputs += self._retire()
-        self._record(outputs, newcomers, prefill_tokens, decoded, prefill_s, decode_s)
+        batch = self.scheduler.schedule()
+        tokens = self.runner.run(batch)
+        finished, decoded = self._postprocess(batch, tokens)
+        outputs += finished
+        self._record(outputs, batch, tokens, decoded)
         return outputs
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationOutput]:
@@ -98,18 +115,7 @@ class Engine:
             done.update((out.id, out) for out in self.step())
         return [done[i] for i in ids]
 
-    # ---- admission and checks ---------------------------------------------------------
-
-    def _budget_tokens(self, token_bytes: int) -> int | None:
-        """The configured token budget, or the default when no budget is configured."""
-        config = self.config
-        if config.kv_budget_tokens is not None or config.kv_budget_bytes is not None:
-            return config.kv_budget_tokens
-        tokens = config.max_batch * self.max_model_len
-        if self.device.type == "cuda":
-            free_bytes, _ = torch.cuda.mem_get_info(self.device)
-            tokens = min(tokens, int(free_bytes * config.kv_memory_fraction) // token_bytes)
-        return tokens
+    # ---- checks -----------------------------------------------------------------------
 
     def _check(self, request: GenerationRequest) -> tuple[str, str] | None:
         prompt_len = len(request.prompt_token_ids)
@@ -131,190 +137,79 @@ class Engine:
             )
         return None
 
-    def _admit(self) -> list[Sequence]:
-        budget = AdmissionBudget(
-            # Blocks the running sequences take at this step's decode are not for newcomers.
-            free_blocks=self.cache.allocator.num_free - self._blocks_needed_to_decode(),
-            block_size=self.cache.block_size,
-            prefill_tokens=self.config.max_prefill_tokens,
-        )
-        newcomers = self.policy.admit(self.waiting, self.running, budget)
-        admitted = set(map(id, newcomers))
-        self.waiting = [s for s in self.waiting if id(s) not in admitted]
-        now = time.time()
-        for seq in newcomers:
-            seq.blocks = self.cache.allocator.allocate(self.cache.blocks_for(seq.reserved_len))
-            if seq.admitted_at is None:
-                seq.admitted_at = now
-        return newcomers
+    # ---- postprocessing ---------------------------------------------------------------
 
-    # ---- forward passes ---------------------------------------------------------------
+    def _postprocess(
+        self, batch: ScheduledBatch, tokens: StepTokens
+    ) -> tuple[list[GenerationOutput], int]:
+        """Append each sequence's tokens (a newcomer's decode token only if its first one
+        did not finish it), retire the finished ones. Returns their outputs and the count
+        of decode tokens kept."""
+        for seq, token in zip(batch.prefill, tokens.prefill, strict=True):
+            if seq.prefill_finished_at is None:  # its prefill sampled its first token
+                seq.prefill_finished_at = seq.first_token_at = tokens.prefill_finished_at
+            self._append(seq, token)
+            if self.config.insertion and not seq.finished and seq.inserted_at is None:
+                seq.inserted_at = tokens.decode_started_at  # it joined the running batch
+        decoded = 0
+        for seq, token in zip(batch.decode, tokens.decode, strict=True):
+            if seq.finish_reason is None:  # else a newcomer done on its first token
+                self._append(seq, token)
+                decoded += 1
+        finished = [seq for seq in batch.decode if seq.finish_reason is not None]
+        self.scheduler.retire(finished)
+        return [seq.output(self._final_text(seq)) for seq in finished], decoded
 
-    def _prefill(self, seqs: list[Sequence]) -> int:
-        """Prefill ``seqs`` packed together, store their K/V, sample their next token."""
-        if not seqs:
-            return 0
-        lengths = torch.tensor([len(s.token_ids) for s in seqs], device=self.device)  # [B]
-        cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))  # [B + 1]
-        seq_index = torch.repeat_interleave(torch.arange(len(seqs), device=self.device), lengths)
-        positions = torch.arange(int(cu_seqlens[-1]), device=self.device)  # [T]
-        positions -= cu_seqlens[:-1].repeat_interleave(lengths)  # restart at 0 per sequence
-        tables = self.cache.block_tables([s.blocks for s in seqs], self.device)  # [B, W]
-        batch = ForwardBatch(
-            positions=positions,
-            slot_mapping=self.cache.slot_mapping(tables, seq_index, positions),
-            is_prefill=True,
-            cu_seqlens=cu_seqlens.to(torch.int32),
-        )
-        input_ids = self._tensor([t for s in seqs for t in s.token_ids])  # [T]
-        logits = self.model(input_ids, batch, self.cache.k, self.cache.v,
-                            logits_index=cu_seqlens[1:] - 1)  # [B, V]
-        now = time.time()  # timeline for tracing: once per step, never per token
-        for seq in seqs:
-            seq.num_cached = len(seq.token_ids)
-            if seq.prefill_finished_at is None:
-                seq.prefill_finished_at = now
-        self.running.extend(seqs)
-        self._sample(seqs, logits)
-        return len(input_ids)
-
-    def _decode(self, seqs: list[Sequence]) -> int:
-        """One token for every running sequence: feed its last token, sample the next."""
-        if not seqs:
-            return 0
-        self._grow(seqs)
-        seqs = list(self.running)  # growing may have preempted some
-        positions = self._tensor([len(s.token_ids) - 1 for s in seqs])  # [B]
-        tables = self.cache.block_tables([s.blocks for s in seqs], self.device)  # [B, W]
-        rows = torch.arange(len(seqs), device=self.device)  # [B]
-        batch = ForwardBatch(
-            positions=positions,
-            slot_mapping=self.cache.slot_mapping(tables, rows, positions),
-            is_prefill=False,
-            block_tables=tables,
-            seq_lens=(positions + 1).to(torch.int32),
-        )
-        input_ids = self._tensor([s.token_ids[-1] for s in seqs])  # [B]
-        self._decode_started_at = time.time()
-        logits = self.model(input_ids, batch, self.cache.k, self.cache.v, logits_index=rows)
-        for seq in seqs:
-            seq.num_cached = len(seq.token_ids)
-        self._sample(seqs, logits)
-        return len(seqs)
-
-    def _mark_inserted(self, newcomers: list[Sequence]) -> None:
-        """Newcomers in this step's decode joined the running batch when it started."""
-        decoded = set(map(id, self.running))  # retirement comes later: all decoded are here
-        for seq in newcomers:
-            if seq.inserted_at is None and id(seq) in decoded:
-                seq.inserted_at = self._decode_started_at
-
-    def _grow(self, seqs: list[Sequence]) -> None:
-        """Give each sequence a block for its next token, preempting the youngest if full."""
-        for seq in seqs:  # oldest first
-            if seq not in self.running:
-                continue  # preempted for an older one
-            missing = self.cache.blocks_for(len(seq.token_ids)) - len(seq.blocks)
-            while missing > 0 and self.cache.allocator.num_free < missing:
-                victim = self.running[-1]
-                self._preempt(victim)
-                if victim is seq:
-                    break
-            if missing > 0 and seq in self.running:
-                seq.blocks += self.cache.allocator.allocate(missing)
-
-    def _blocks_needed_to_decode(self) -> int:
-        return sum(
-            max(0, self.cache.blocks_for(len(s.token_ids)) - len(s.blocks)) for s in self.running
-        )
-
-    def _preempt(self, seq: Sequence) -> None:
-        """Drop ``seq``'s cache; it waits at the front and is recomputed on re-admission."""
-        self.running.remove(seq)
-        self._free(seq)
-        self.waiting.insert(0, seq)
-        self._preempted += 1
-
-    # ---- sampling and retirement ------------------------------------------------------
-
-    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        params = [s.request.sampling for s in seqs]
-        tokens = self.sampler(logits, params, [s.generator for s in seqs])
-        for seq, token in zip(seqs, tokens, strict=True):
-            seq.append(token)
-            self._check_finished(seq, token)
-
-    def _check_finished(self, seq: Sequence, token: int) -> None:
+    def _append(self, seq: Sequence, token: int) -> None:
+        seq.token_ids.append(token)
         sampling = seq.request.sampling
-        eos = not sampling.ignore_eos and token in self.eos_token_ids
+        eos = token in self.eos_token_ids and not sampling.ignore_eos
         if eos or (sampling.stop and self._cut_at_stop(seq)):
             seq.finish_reason = "stop"
-        elif seq.num_generated >= sampling.max_tokens:
+        elif len(seq.token_ids) >= seq.max_len:
             seq.finish_reason = "length"
 
     def _cut_at_stop(self, seq: Sequence) -> bool:
+        """Did the newest token complete a stop string? Then the text ends before it.
+
+        Only a tail of the generated tokens is decoded: a stop string of b UTF-8 bytes
+        spans at most b tokens, plus slack for special tokens and split characters.
+        """
+        stops = seq.request.sampling.stop
+        window = max(len(s.encode()) for s in stops) + STOP_WINDOW_SLACK
+        tail = self._decode_text(seq.token_ids[max(seq.prompt_len, len(seq.token_ids) - window):])
+        if not any(s in tail for s in stops):
+            return False
         text = self._decode_text(seq.generated)
-        hits = [i for i in (text.find(s) for s in seq.request.sampling.stop) if i >= 0]
+        hits = [i for i in (text.find(s) for s in stops) if i >= 0]
         if not hits:
             return False
         seq.text = text[: min(hits)]  # the stop string is not part of the output
         return True
 
-    def _retire(self) -> list[GenerationOutput]:
-        finished = [s for s in self.running if s.finished]
-        if not finished:
-            return []
-        self.running = [s for s in self.running if not s.finished]
-        outputs = []
-        for seq in finished:
-            self._free(seq)
-            text = seq.text if seq.text is not None else self._decode_text(seq.generated)
-            outputs.append(seq.output(text))
-        return outputs
-
-    def _free(self, seq: Sequence) -> None:
-        """The one place cache blocks go back to the pool."""
-        self.cache.allocator.release(seq.blocks)
-        seq.blocks = []
-        seq.num_cached = 0
-
-    # ---- helpers ----------------------------------------------------------------------
+    def _final_text(self, seq: Sequence) -> str:
+        return seq.text if seq.text is not None else self._decode_text(seq.generated)
 
     def _decode_text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
-    def _tensor(self, values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int64, device=self.device)
-
-    def _timed(
-        self, fn: Callable[[list[Sequence]], int], seqs: list[Sequence]
-    ) -> tuple[float, int]:
-        start = time.perf_counter()
-        tokens = fn(seqs)
-        return time.perf_counter() - start, tokens
-
     def _record(
-        self,
-        outputs: list[GenerationOutput],
-        newcomers: list[Sequence],
-        prefill_tokens: int,
+        self, outputs: list[GenerationOutput], batch: ScheduledBatch, tokens: StepTokens,
         decoded: int,
-        prefill_s: float,
-        decode_s: float,
     ) -> None:
         errors = sum(1 for o in outputs if not o.ok)
         step = StepStats(
-            running=len(self.running),
-            waiting=len(self.waiting),
-            admitted=len(newcomers),
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            admitted=len(batch.prefill),
             retired=len(outputs) - errors,
             errors=errors,
-            preempted=self._preempted,
-            prefill_tokens=prefill_tokens,
+            preempted=batch.preempted,
+            prefill_tokens=batch.prefill_tokens,
             decode_tokens=decoded,
-            generated_tokens=len(newcomers) + decoded,
-            prefill_s=prefill_s,
-            decode_s=decode_s,
+            generated_tokens=len(batch.prefill) + decoded,
+            prefill_s=tokens.prefill_s,
+            decode_s=tokens.decode_s,
             kv_blocks_used=self.cache.num_blocks - self.cache.allocator.num_free,
         )
         self.stats.add(step)

@@ -1,8 +1,9 @@
 """Paged KV cache, preallocated once from a budget, and its block allocator.
 
-Layout per layer (see binbaton.kernels.reference): [num_blocks, block_size, Hkv, D].
+Layout per layer (see binbaton.kernels.reference): [num_blocks + 1, block_size, Hkv, D].
 A sequence owns a list of blocks (its block table); token t lives in slot
-``blocks[t // block_size] * block_size + t % block_size``.
+``blocks[t // block_size] * block_size + t % block_size``. The last block is scratch: no
+sequence ever owns it, so the padding rows of a decode batch can write and read it.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class BlockAllocator:
 
 
 class KVCache:
-    """One K and one V tensor per layer, allocated up front."""
+    """One K and one V tensor per layer, allocated up front, plus the scratch block."""
 
     def __init__(
         self,
@@ -64,8 +65,9 @@ class KVCache:
         device: torch.device,
     ):
         self.block_size = block_size
-        self.num_blocks = num_blocks
-        shape = (num_blocks, block_size, num_kv_heads, head_dim)
+        self.num_blocks = num_blocks  # blocks sequences can own
+        self.scratch_block = num_blocks  # never allocated: padding rows write and read it
+        shape = (num_blocks + 1, block_size, num_kv_heads, head_dim)
         self.k: list[torch.Tensor] = [
             torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)
         ]
@@ -80,18 +82,3 @@ class KVCache:
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
-
-    def block_tables(self, tables: list[list[int]], device: torch.device) -> torch.Tensor:
-        """[B, max_blocks] int32, rows padded with block 0 (never read past seq_lens)."""
-        width = max(len(t) for t in tables)
-        padded = [t + [0] * (width - len(t)) for t in tables]
-        return torch.tensor(padded, dtype=torch.int32, device=device)
-
-    def slot_mapping(
-        self,
-        block_tables: torch.Tensor,  # [B, max_blocks] int32
-        seq_index: torch.Tensor,  # [T] int64, which sequence each token belongs to
-        positions: torch.Tensor,  # [T] int64
-    ) -> torch.Tensor:  # [T] int64
-        blocks = block_tables[seq_index, positions // self.block_size].long()
-        return blocks * self.block_size + positions % self.block_size

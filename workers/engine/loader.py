@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,22 +160,77 @@ def weight_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def load_weights(model: CausalLM, files: list[Path]) -> None:
-    params = dict(model.named_parameters())  # tied lm_head appears once, as embed_tokens
-    missing = set(params)
+# A checkpoint's projection -> (our fused projection, its shard); shards stack along rows.
+FUSED_SHARDS: dict[str, tuple[str, int]] = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+
+
+def fused_shard_rows(shape: ModelShape) -> dict[str, tuple[int, ...]]:
+    """Rows of each shard of the fused projections (q, k, v; gate, up)."""
+    q, kv = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    return {"qkv_proj": (q, kv, kv), "gate_up_proj": (shape.intermediate_size,) * 2}
+
+
+def safetensors_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(Hugging Face name, tensor) of every tensor in the files, one at a time."""
     for file in files:
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                if name.endswith("rotary_emb.inv_freq"):
-                    continue
-                if name == "lm_head.weight" and model.shape.tie_word_embeddings:
-                    continue
-                if name not in params:
-                    raise ValueError(f"unexpected weight {name!r} in {file.name}")
-                params[name].data.copy_(f.get_tensor(name))
-                missing.discard(name)
+                yield name, f.get_tensor(name)
+
+
+def load_weights(model: CausalLM, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Copy Hugging Face-named tensors into ``model``, from any source (safetensors, GGUF).
+
+    q/k/v go into ``qkv_proj`` and gate/up into ``gate_up_proj`` at their row offsets
+    (weights and biases alike); every other tensor loads by its own name.
+    """
+    params = dict(model.named_parameters())  # tied lm_head appears once, as embed_tokens
+    rows = fused_shard_rows(model.shape)
+    missing = {hf_name for name in params for hf_name in _hf_names(name)}
+    for hf_name, tensor in weights:
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        if hf_name == "lm_head.weight" and model.shape.tie_word_embeddings:
+            continue
+        name, fused, shard = _our_name(hf_name)
+        if name not in params:
+            raise ValueError(f"unexpected weight {hf_name!r}")
+        target = params[name].data
+        if fused is not None:
+            sizes = rows[fused]
+            target = target.narrow(0, sum(sizes[:shard]), sizes[shard])
+        if target.shape != tensor.shape:
+            raise ValueError(
+                f"weight {hf_name!r} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(target.shape)}"
+            )
+        target.copy_(tensor)
+        missing.discard(hf_name)
     if missing:
         raise ValueError(f"weights missing from the checkpoint: {sorted(missing)}")
+
+
+def _our_name(hf_name: str) -> tuple[str, str | None, int]:
+    """'model.layers.0.self_attn.k_proj.bias' -> ('model.layers.0.self_attn.qkv_proj.bias',
+    'qkv_proj', 1); a name of no fused projection comes back as it is, with (None, 0)."""
+    parts = hf_name.split(".")
+    if len(parts) < 2 or parts[-2] not in FUSED_SHARDS:
+        return hf_name, None, 0
+    fused, shard = FUSED_SHARDS[parts[-2]]
+    return ".".join([*parts[:-2], fused, parts[-1]]), fused, shard
+
+
+def _hf_names(name: str) -> list[str]:
+    """The checkpoint's names of our parameter: one per shard of a fused projection."""
+    parts = name.split(".")
+    projs = [hf for hf, (fused, _) in FUSED_SHARDS.items() if parts[-2:-1] == [fused]]
+    return [".".join([*parts[:-2], proj, parts[-1]]) for proj in projs] or [name]
 
 
 def load_model(
@@ -187,7 +243,7 @@ def load_model(
     context = context_length(config, max_model_len)
     inv_freq, scaling = inv_freq_and_scaling(config, shape.head_dim)
     net = CausalLM(shape, ops)
-    load_weights(net, weight_files(model_dir))
+    load_weights(net, safetensors_weights(weight_files(model_dir)))
     net = net.to(device=device, dtype=DTYPES[dtype]).eval()
     # cos/sin tables stay float32 and are cast per use, as Hugging Face does.
     net.rotary = Rotary(inv_freq, scaling, context).to(device)

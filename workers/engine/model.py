@@ -2,14 +2,18 @@
 
 Sequences are packed along one token axis, never padded to each other. A prefill batch
 holds every newcomer's prompt (``cu_seqlens`` marks the boundaries); a decode batch holds
-one token per running sequence. Attention, KV cache writes and norms go through the
-kernel ops interface (``binbaton.kernels.ops``) and nothing else.
-Parameter names mirror the Hugging Face checkpoints, so weights load by name.
+one token per row of the runner's static buffers (some rows may be padding). Attention,
+KV cache writes and norms go through the kernel ops interface (``binbaton.kernels.ops``)
+and nothing else.
+Parameter names mirror the Hugging Face checkpoints, except the fused projections: q/k/v
+are one ``qkv_proj`` and gate/up one ``gate_up_proj`` (one matmul each instead of three and
+two; the loader concatenates the checkpoint's weights into them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +40,7 @@ class ModelShape:
     tie_word_embeddings: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class ForwardBatch:
     """Where each packed token sits: its position, its cache slot, and its sequence."""
 
@@ -46,6 +50,9 @@ class ForwardBatch:
     cu_seqlens: torch.Tensor | None = None  # prefill: [B + 1] int32 prefix sums
     block_tables: torch.Tensor | None = None  # decode: [B, max_blocks] int32
     seq_lens: torch.Tensor | None = None  # decode: [B] int32, cached tokens incl. new one
+    # Host-known launch settings for the attention op (prefill: max_seqlen; decode:
+    # max_seq_len, num_splits), only those the op takes: read nothing back from the device.
+    attention_kwargs: dict[str, int] = field(default_factory=dict)
 
 
 class Rotary(nn.Module):
@@ -65,9 +72,8 @@ class Attention(nn.Module):
         super().__init__()
         self.shape = shape
         q_dim, kv_dim = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
-        self.q_proj = nn.Linear(shape.hidden_size, q_dim, bias=shape.qkv_bias)
-        self.k_proj = nn.Linear(shape.hidden_size, kv_dim, bias=shape.qkv_bias)
-        self.v_proj = nn.Linear(shape.hidden_size, kv_dim, bias=shape.qkv_bias)
+        self.qkv_sizes = (q_dim, kv_dim, kv_dim)
+        self.qkv_proj = nn.Linear(shape.hidden_size, sum(self.qkv_sizes), bias=shape.qkv_bias)
         self.o_proj = nn.Linear(q_dim, shape.hidden_size, bias=shape.o_bias)
         if shape.qk_norm:
             self.q_norm = RMSNormWeight(shape.head_dim)
@@ -84,9 +90,10 @@ class Attention(nn.Module):
         ops: KernelOps,
     ) -> torch.Tensor:  # [T, hidden]
         s = self.shape
-        q = self.q_proj(x).view(-1, s.num_heads, s.head_dim)  # [T, Hq, D]
-        k = self.k_proj(x).view(-1, s.num_kv_heads, s.head_dim)  # [T, Hkv, D]
-        v = self.v_proj(x).view(-1, s.num_kv_heads, s.head_dim)
+        q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)  # [T, Hq*D], [T, Hkv*D] x2
+        q = q.view(-1, s.num_heads, s.head_dim)  # [T, Hq, D], rows strided, last dim dense
+        k = k.view(-1, s.num_kv_heads, s.head_dim)  # [T, Hkv, D]
+        v = v.view(-1, s.num_kv_heads, s.head_dim)
         if s.qk_norm:
             q, _ = ops.rms_norm(q, self.q_norm.weight, s.rms_norm_eps)
             k, _ = ops.rms_norm(k, self.k_norm.weight, s.rms_norm_eps)
@@ -94,11 +101,11 @@ class Attention(nn.Module):
         ops.rope_store_kv(q, k, v, k_cache, v_cache, batch.slot_mapping, batch.positions,
                           rotary.cos, rotary.sin)
         if batch.is_prefill:
-            out = ops.prefill_attention(q, k, v, batch.cu_seqlens, self.scale)
+            out = ops.prefill_attention(q, k, v, batch.cu_seqlens, self.scale,
+                                        **batch.attention_kwargs)
         else:
-            out = ops.decode_attention(
-                q, k_cache, v_cache, batch.block_tables, batch.seq_lens, self.scale
-            )
+            out = ops.decode_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                                       self.scale, **batch.attention_kwargs)
         return self.o_proj(out.reshape(-1, s.num_heads * s.head_dim))
 
 
@@ -106,12 +113,12 @@ class MLP(nn.Module):
     def __init__(self, shape: ModelShape):
         super().__init__()
         h, i, bias = shape.hidden_size, shape.intermediate_size, shape.mlp_bias
-        self.gate_proj = nn.Linear(h, i, bias=bias)
-        self.up_proj = nn.Linear(h, i, bias=bias)
+        self.gate_up_proj = nn.Linear(h, 2 * i, bias=bias)
         self.down_proj = nn.Linear(i, h, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
+        return self.down_proj(F.silu(gate) * up)
 
 
 class RMSNormWeight(nn.Module):
@@ -159,19 +166,22 @@ class CausalLM(nn.Module):
         batch: ForwardBatch,
         k_caches: list[torch.Tensor],  # per layer [N, bs, Hkv, D]
         v_caches: list[torch.Tensor],
-        logits_index: torch.Tensor,  # [B] which packed tokens produce logits
+        logits_index: torch.Tensor | None = None,  # [B] tokens that produce logits (None: all)
     ) -> torch.Tensor:  # [B, vocab] float32
         eps, ops, rotary = self.shape.rms_norm_eps, self.ops, self.rotary
         assert rotary is not None, "the loader sets the rotary table"
         hidden = self.model.embed_tokens(input_ids)  # [T, hidden]
         residual: torch.Tensor | None = None
-        for layer, k_cache, v_cache in zip(self.model.layers, k_caches, v_caches, strict=True):
+        layers = cast("list[DecoderLayer]", self.model.layers)
+        for layer, k_cache, v_cache in zip(layers, k_caches, v_caches, strict=True):
             normed, residual = ops.rms_norm(hidden, layer.input_layernorm.weight, eps, residual)
             hidden = layer.self_attn(normed, batch, k_cache, v_cache, rotary, ops)
             normed, residual = ops.rms_norm(
                 hidden, layer.post_attention_layernorm.weight, eps, residual
             )
             hidden = layer.mlp(normed)
-        last = hidden[logits_index], residual[logits_index]  # [B, hidden] each
-        normed, _ = ops.rms_norm(last[0], self.model.norm.weight, eps, last[1])
+        assert residual is not None, "a model has at least one layer"
+        if logits_index is not None:
+            hidden, residual = hidden[logits_index], residual[logits_index]  # [B, hidden]
+        normed, _ = ops.rms_norm(hidden, self.model.norm.weight, eps, residual)
         return self.lm_head(normed).float()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import torch
 from binbaton.workers.engine.request import (
     EngineError,
     FinishReason,
@@ -20,14 +19,18 @@ class Sequence:
     token_ids: list[int]  # prompt + generated
     reserved_len: int = 0  # tokens of cache reserved at admission (prompt + reserved output)
     blocks: list[int] = field(default_factory=list)
-    num_cached: int = 0  # tokens whose K/V are in the cache
-    generator: torch.Generator | None = None  # per-request seed
+    sampling_key: int = 0  # the key of its noise stream (see sampler.seed_key)
+    row: int | None = None  # its row of the decode batch while it has one (the runner's)
     finish_reason: FinishReason | None = None
     text: str | None = None  # final text when a stop string cut it
     admitted_at: float | None = None
     first_token_at: float | None = None
     prefill_finished_at: float | None = None
     inserted_at: float | None = None
+    max_len: int = field(init=False)  # prompt + max_tokens: it ends there ("length")
+
+    def __post_init__(self) -> None:
+        self.max_len = self.prompt_len + self.request.sampling.max_tokens
 
     @property
     def id(self) -> str:
@@ -48,11 +51,6 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
-
-    def append(self, token: int) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = time.time()
-        self.token_ids.append(token)
 
     def output(self, text: str) -> GenerationOutput:
         assert self.finish_reason is not None
