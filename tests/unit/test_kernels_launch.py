@@ -1,0 +1,172 @@
+"""The launchers' own behaviour, on the CPU under the interpreter: compile variants,
+checks once per argument signature, and the tile tables.
+
+``CompileKeys`` stands in for a kernel: it runs nothing and records, for every launch,
+the key under which triton's JIT would cache a compiled kernel for an sm_90 target (the
+JIT's own argument binder: constexprs, options, pointer dtypes and alignment, integers
+equal to 1 or divisible by 16). Every distinct key is one compile on a GPU.
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from binbaton.kernels import (
+    decode_attention,
+    kv_store,
+    launch,
+    prefill_attention,
+    rms_norm,
+    silu_and_mul,
+    triton_ops,
+)
+
+KERNELS = {
+    decode_attention: ("_decode_split_kernel", "_decode_merge_kernel"),
+    prefill_attention: ("_prefill_kernel",),
+    kv_store: ("_store_kv_kernel", "_rope_store_kv_kernel"),
+    rms_norm: ("_rms_norm_kernel",),
+    silu_and_mul: ("_silu_and_mul_kernel",),
+}
+
+if not launch.is_interpreted(decode_attention._decode_split_kernel):
+    pytest.skip("needs the kernels interpreted (CPU, TRITON_INTERPRET=1)",
+                allow_module_level=True)
+
+
+class CompileKeys:
+    """Records the JIT cache key of each launch instead of running the kernel."""
+
+    def __init__(self, interpreted_kernel):
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import make_backend
+        from triton.runtime.jit import JITFunction, create_function_from_signature
+
+        jit = JITFunction(interpreted_kernel.fn, **interpreted_kernel.kwargs)
+        backend = make_backend(GPUTarget("cuda", 90, 32))
+        self.binder = create_function_from_signature(jit.signature, jit.params, backend)
+        self.keys: set[str] = set()
+        self.launches = 0
+
+    def __getitem__(self, grid):
+        from triton.runtime.jit import compute_cache_key
+
+        def launch(*args, **kwargs):
+            _, specialization, options = self.binder(*args, **kwargs)
+            self.keys.add(compute_cache_key({}, specialization, options))
+            self.launches += 1
+
+        return launch
+
+
+@pytest.fixture
+def compile_keys(monkeypatch) -> dict[str, CompileKeys]:
+    recorders = {}
+    for module, names in KERNELS.items():
+        for name in names:
+            recorders[name] = CompileKeys(getattr(module, name))
+            monkeypatch.setattr(module, name, recorders[name])
+    return recorders
+
+
+class TinyModel:
+    """Shapes of one engine layer (GQA, q/k norm, fused gate_up), float16 tensors."""
+
+    hidden, q_heads, kv_heads, head_dim, intermediate, page = 256, 8, 2, 64, 512, 16
+
+    def __init__(self, num_pages: int = 64):
+        self.dtype = torch.float16
+        self.k_cache = self.randn(num_pages, self.page, self.kv_heads, self.head_dim)
+        self.v_cache = torch.zeros_like(self.k_cache)
+        self.cos = torch.randn(4096, self.head_dim)
+        self.sin = torch.randn(4096, self.head_dim)
+        self.norm_weight = self.randn(self.hidden)
+        self.qk_weight = self.randn(self.head_dim)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape).to(self.dtype)
+
+    def layer(self, tokens: int, positions: torch.Tensor) -> torch.Tensor:
+        """Norms, q/k norm, rope + cache store, activation of ``tokens`` packed tokens."""
+        hidden, eps = self.randn(tokens, self.hidden), 1e-6
+        _, residual = triton_ops.rms_norm(hidden, self.norm_weight, eps)
+        triton_ops.rms_norm(hidden, self.norm_weight, eps, residual)
+        qkv = self.randn(tokens, (self.q_heads + 2 * self.kv_heads) * self.head_dim)
+        q, k, v = qkv.split([self.q_heads * self.head_dim, self.kv_heads * self.head_dim,
+                             self.kv_heads * self.head_dim], dim=-1)
+        q = q.view(tokens, self.q_heads, self.head_dim)
+        k = k.view(tokens, self.kv_heads, self.head_dim)
+        v = v.view(tokens, self.kv_heads, self.head_dim)
+        q, _ = triton_ops.rms_norm(q, self.qk_weight, eps)
+        k, _ = triton_ops.rms_norm(k, self.qk_weight, eps)
+        slots = positions % (self.k_cache.shape[0] * self.page)
+        triton_ops.rope_store_kv(q, k, v, self.k_cache, self.v_cache, slots, positions,
+                                 self.cos, self.sin)
+        triton_ops.silu_and_mul(self.randn(tokens, 2 * self.intermediate))
+        return q
+
+    def decode_step(self, batch: int, seq_len: int) -> None:
+        positions = torch.full((batch,), seq_len - 1)
+        q = self.layer(batch, positions)
+        width = -(-seq_len // self.page)  # the engine's tables are as wide as the longest
+        tables = torch.randint(0, self.k_cache.shape[0], (batch, width), dtype=torch.int32)
+        seq_lens = torch.randint(1, seq_len + 1, (batch,), dtype=torch.int32)
+        seq_lens[0] = seq_len
+        triton_ops.decode_attention(q, self.k_cache, self.v_cache, tables, seq_lens,
+                                    self.head_dim**-0.5, max_seq_len=seq_len)
+
+    def prefill_step(self, lens: list[int]) -> None:
+        positions = torch.cat([torch.arange(n) for n in lens])
+        q = self.layer(len(positions), positions)
+        k = self.randn(len(positions), self.kv_heads, self.head_dim)
+        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+        triton_ops.prefill_attention(q, k, k, cu, self.head_dim**-0.5, max_seqlen=max(lens))
+        triton_ops.store_kv(k, k, self.k_cache, self.v_cache, positions)
+
+
+def test_batch_and_length_sweeps_compile_one_variant_per_kernel(compile_keys):
+    model = TinyModel()
+    for batch in range(1, 257):
+        model.decode_step(batch, seq_len=1 + (batch * 397) % 2000)
+    for count in range(1, 9):
+        model.prefill_step([1 + (count * 53 + i * 17) % 300 for i in range(count)])
+    variants = {name: len(r.keys) for name, r in compile_keys.items()}
+    assert compile_keys["_decode_merge_kernel"].launches > 0  # both decode paths ran
+    assert variants == {
+        "_decode_split_kernel": 2,  # output written directly, or partials for the merge
+        "_decode_merge_kernel": 1,
+        "_prefill_kernel": 1,
+        "_store_kv_kernel": 1,
+        "_rope_store_kv_kernel": 1,
+        "_rms_norm_kernel": 3,  # hidden size with and without residual, head size
+        "_silu_and_mul_kernel": 1,
+    }
+
+
+def test_checks_run_once_per_signature(monkeypatch, compile_keys):
+    checked = []
+    check = decode_attention._check
+
+    def counting_check(*args):
+        checked.append(tuple(args[0].shape))
+        return check(*args)
+
+    monkeypatch.setattr(decode_attention, "_check", counting_check)
+    launch.clear_plans()
+    model = TinyModel()
+    for _ in range(3):
+        model.decode_step(4, seq_len=100)
+    assert checked == [(4, 8, 64)]
+    model.decode_step(5, seq_len=100)
+    assert checked == [(4, 8, 64), (5, 8, 64)]
+    assert compile_keys["_decode_split_kernel"].launches == 4
+
+
+def test_plan_cache_is_bounded():
+    cache = launch.PlanCache(limit=3)
+    made = []
+    for key in [1, 2, 3, 1, 4, 5, 1]:
+        cache.get(key, lambda k=key: made.append(k) or k)
+    assert made == [1, 2, 3, 4, 5, 1]  # 4 filled it: it started over, so 1 came back
+    assert len(cache.plans) <= 3
