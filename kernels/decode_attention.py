@@ -133,16 +133,16 @@ class Tiles:
 
 
 def decode_tiles(head_pad: int, dtype: torch.dtype, capability: launch.Capability) -> Tiles:
-    """Tiles of the split kernel: no register spill, shared memory within the arch's limit
-    (checked by tests/unit/test_kernels_aot.py for sm_80 and sm_90).
+    """Tiles of the split kernel with no register spill and shared memory well within
+    every 8.x and 9.0 part (at most 82 KB; tests/unit/test_kernels_aot.py compiles them
+    for sm_80 and sm_90). The same table serves both: decode is bound by reading K/V.
 
-    A program's tile is [16 query heads, BLOCK_N tokens] against [BLOCK_N, head]; float32
-    runs its products on CUDA cores, whose operands live in registers, so it takes fewer
-    tokens per tile as the head grows."""
-    if dtype == torch.float32:
-        block_n = 64 if head_pad <= 64 else 32 if head_pad <= 128 else 16
-        return Tiles(block_n, num_warps=4, num_stages=2)
-    return Tiles(64 if head_pad <= 128 else 32, num_warps=4, num_stages=2)
+    A program's tile is [16 query heads, BLOCK_N tokens] against [BLOCK_N, head]. float32
+    runs its products on CUDA cores with the operands in registers, so past head 64 it
+    takes half the tokens per tile over twice the warps."""
+    if dtype == torch.float32 and head_pad > 64:
+        return Tiles(32, num_warps=8, num_stages=2)
+    return Tiles(64, num_warps=4 if head_pad <= 128 else 8, num_stages=2)
 
 
 @functools.cache
@@ -191,6 +191,8 @@ class DecodePlan:
     capacity: int  # tokens the block table can address
     sm_count: int
     seq_lens_ready: bool  # int32 and contiguous: passed as it is
+    input_strides: tuple[int, ...]  # query (2), k_cache (3), v_cache (3), block_tables (1)
+    out_strides: tuple[int, int]  # of out, or of the empty_like(query) it will be
     direct: launch.KernelConfig  # one split: the output is written directly
     partial: launch.KernelConfig  # several splits: partial outputs, then the merge
     merge: launch.KernelConfig
@@ -229,10 +231,14 @@ def _check(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     config = functools.partial(split_config, page_size, group, head_dim, query.dtype,
                                launch.capability(query.device),
                                launch.is_interpreted(_decode_split_kernel))
+    like = out if out is not None else torch.empty_like(query, device="meta")
     return DecodePlan(
         group=group, capacity=block_tables.shape[1] * page_size,
         sm_count=launch.sm_count(query.device),
         seq_lens_ready=seq_lens.dtype == torch.int32 and seq_lens.stride(0) == 1,
+        input_strides=(*query.stride()[:2], *k_cache.stride()[:3], *v_cache.stride()[:3],
+                       block_tables.stride(0)),
+        out_strides=(like.stride(0), like.stride(1)),
         direct=config(write_lse=False), partial=config(write_lse=True),
         merge=merge_config(head_dim),
     )
@@ -272,33 +278,28 @@ def decode_attention(
     tokens_per_split = -(-tokens_per_split // block_n) * block_n
     num_splits = max(1, -(-max_seq_len // tokens_per_split))
 
-    if num_splits == 1:
-        partial, lse, config = out.unsqueeze(2), out, plan.direct  # lse unused
+    out_b, out_h = plan.out_strides
+    if num_splits == 1:  # written directly: the split stride and lse are unused
+        partial, lse, config = out, out, plan.direct
+        partial_strides, lse_strides = (out_b, out_h, 0), (out_b, out_h)
     else:
         partial = torch.empty(batch, num_q_heads, num_splits, head_dim,
                               dtype=torch.float32, device=query.device)
         lse = torch.empty(batch, num_q_heads, num_splits, dtype=torch.float32,
                           device=query.device)
         config = plan.partial
+        partial_strides = (num_q_heads * num_splits * head_dim, num_splits * head_dim,
+                           head_dim)
+        lse_strides = (num_q_heads * num_splits, num_splits)
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         query, k_cache, v_cache, block_tables, seq_lens, partial, lse,
-        scale * LOG2_E,
-        query.stride(0), query.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        block_tables.stride(0),
-        partial.stride(0), partial.stride(1), partial.stride(2),
-        lse.stride(0), lse.stride(1),
+        scale * LOG2_E, *plan.input_strides, *partial_strides, *lse_strides,
         plan.group, tokens_per_split,
         **config.launch_kwargs,
     )
     if num_splits > 1:
         _decode_merge_kernel[(batch, num_q_heads)](
-            partial, lse, out,
-            partial.stride(0), partial.stride(1), partial.stride(2),
-            lse.stride(0), lse.stride(1),
-            out.stride(0), out.stride(1),
-            num_splits,
+            partial, lse, out, *partial_strides, *lse_strides, out_b, out_h, num_splits,
             **plan.merge.launch_kwargs,
         )
     return out

@@ -153,6 +153,11 @@ def dot_dtype(interpreted: bool, dtype: torch.dtype) -> tuple[tl.dtype, str]:
     return tl.float32, "ieee"
 
 
+def cdiv(n: int, d: int) -> int:
+    """ceil(n / d) in plain Python (``triton.cdiv`` is a jit function, slow to call)."""
+    return -(-n // d)
+
+
 def pad(n: int, minimum: int = 1) -> int:
     """The smallest power of two >= max(n, minimum) (tl.arange needs powers of two)."""
     return max(triton.next_power_of_2(n), minimum)

@@ -82,15 +82,29 @@ class Tiles:
     num_stages: int
 
 
-def prefill_tiles(head_pad: int, dtype: torch.dtype, capability: launch.Capability) -> Tiles:
-    """Tiles with no register spill and shared memory within the arch's limit (checked by
-    tests/unit/test_kernels_aot.py for sm_80 and sm_90).
+HOPPER = (9, 0)
 
-    The [BLOCK_M, head] accumulator and query stay in registers: float32, whose products
-    run on CUDA cores with their operands in registers too, takes smaller tiles."""
+
+def prefill_tiles(head_pad: int, dtype: torch.dtype, capability: launch.Capability) -> Tiles:
+    """Tiles with no register spill and shared memory within the arch's limit (compiled
+    for sm_80 and sm_90 by tests/unit/test_kernels_aot.py); the sm_80 tiles stay under
+    the 99 KB of the other 8.x parts.
+
+    The [BLOCK_M, head] accumulator and query stay in registers (8 warps share them);
+    sm_90 has the shared memory for wider key tiles or a third stage. float32 runs its
+    products on CUDA cores with the operands in registers too, and takes smaller tiles."""
+    hopper = capability >= HOPPER
     if dtype == torch.float32:
-        return Tiles(32, 16 if head_pad <= 128 else 16, num_warps=4, num_stages=2)
-    return Tiles(64, 64 if head_pad <= 128 else 32, num_warps=4, num_stages=2)
+        if head_pad <= 64 or (hopper and head_pad <= 128):
+            return Tiles(64, 32, num_warps=8, num_stages=2)
+        if head_pad <= 128:
+            return Tiles(32, 32, num_warps=8, num_stages=2)
+        return Tiles(32, 32, num_warps=16, num_stages=2) if hopper else Tiles(16, 16, 8, 2)
+    if head_pad <= 64:
+        return Tiles(128, 64, num_warps=8, num_stages=3)
+    if head_pad <= 128:
+        return Tiles(128, 64 if hopper else 32, num_warps=8, num_stages=3)
+    return Tiles(64, 32, num_warps=8, num_stages=3 if hopper else 2)
 
 
 @functools.cache
@@ -161,7 +175,7 @@ def prefill_attention(
     if max_seqlen is None:
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     block_m = plan.config.constexprs["BLOCK_M"]
-    _prefill_kernel[(triton.cdiv(max_seqlen, block_m), batch, num_q_heads)](
+    _prefill_kernel[(launch.cdiv(max_seqlen, block_m), batch, num_q_heads)](
         query, key, value, out, cu_seqlens,
         scale * LOG2_E,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1),

@@ -83,8 +83,8 @@ def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None,
         launch.check_output("out", out, x, out_dtype)
     if residual is not None and residual_out is not None:
         launch.check_output("residual_out", residual_out, x)
-    for name, t in (("out", out), ("residual_out", residual_out)):
-        if t is not None and not t.is_contiguous():
+    for name, output in (("out", out), ("residual_out", residual_out)):
+        if output is not None and not output.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
     return NormPlan(rms_norm_config(hidden_size, residual is not None), out_dtype)
 
@@ -113,7 +113,7 @@ def rms_norm(
     out2 = out.view(-1, hidden_size)  # [R, H]
     num_rows, rows = x2.shape[0], plan.config.constexprs["ROWS"]
     if num_rows > 0:
-        _rms_norm_kernel[(triton.cdiv(num_rows, rows),)](
+        _rms_norm_kernel[(launch.cdiv(num_rows, rows),)](
             x2, r2, weight.contiguous(), out2, new_residual,
             x2.stride(0), r2.stride(0), out2.stride(0), new_residual.stride(0),
             num_rows, hidden_size, eps,

@@ -71,7 +71,7 @@ def silu_and_mul(
     if num_tokens == 0 or intermediate == 0:
         return out
     block = config.constexprs["BLOCK"]
-    _silu_and_mul_kernel[(num_tokens, triton.cdiv(intermediate, block))](
+    _silu_and_mul_kernel[(num_tokens, launch.cdiv(intermediate, block))](
         x, out, x.stride(0), out.stride(0), intermediate,
         **config.launch_kwargs,
     )

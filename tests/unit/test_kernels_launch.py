@@ -170,3 +170,49 @@ def test_plan_cache_is_bounded():
         cache.get(key, lambda k=key: made.append(k) or k)
     assert made == [1, 2, 3, 4, 5, 1]  # 4 filled it: it started over, so 1 came back
     assert len(cache.plans) <= 3
+
+
+@pytest.fixture
+def capability(request, monkeypatch):
+    """Interpret with the tiles the table picks for ``request.param`` (a capability)."""
+    monkeypatch.setattr(launch, "INTERPRETER_CAPABILITY", request.param)
+    launch.clear_plans()
+    yield request.param
+    launch.clear_plans()
+
+
+@pytest.mark.parametrize("capability", [(8, 0), (9, 0)], indirect=True, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("head_dim", [80, 256])
+def test_every_tile_of_the_tables_computes_attention(capability, dtype, head_dim):
+    """Each arch's prefill and decode tiles, interpreted, against float64 (the main suite
+    runs the default capability's tiles; these are the others, and head size 256)."""
+    import kernel_checks as kc
+
+    prefill_tiles = prefill_attention.prefill_tiles(launch.pad(head_dim, 16), dtype,
+                                                    capability)
+    kc.check_prefill(kc.PrefillCase((37, 5, prefill_tiles.block_m + 3), 4, 2, head_dim,
+                                    dtype), "cpu")
+    block_n = decode_attention.decode_tiles(launch.pad(head_dim, 16), dtype,
+                                            capability).block_n
+    kc.check_decode(kc.DecodeCase(3, 4, 2, head_dim, 2 * block_n + 5, 16, dtype,
+                                  num_splits=2), "cpu")
+
+
+def test_tile_tables():
+    """Powers of two, dot dimensions of at least 16, float32 never wider than half
+    precision, sm_80 tiles no larger than sm_90's."""
+    for capability in [(8, 0), (8, 6), (8, 9), (9, 0)]:
+        for head_pad in (64, 128, 256):
+            half = prefill_attention.prefill_tiles(head_pad, torch.bfloat16, capability)
+            full = prefill_attention.prefill_tiles(head_pad, torch.float32, capability)
+            for tiles in (half, full):
+                for size in (tiles.block_m, tiles.block_n, tiles.num_warps):
+                    assert size & (size - 1) == 0
+                assert min(tiles.block_m, tiles.block_n) >= 16 and tiles.num_stages >= 1
+            assert full.block_m * full.block_n <= half.block_m * half.block_n
+            hopper = prefill_attention.prefill_tiles(head_pad, torch.bfloat16, (9, 0))
+            assert half.block_m * half.block_n <= hopper.block_m * hopper.block_n
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                decode = decode_attention.decode_tiles(head_pad, dtype, capability)
+                assert decode.block_n >= 16 and decode.block_n & (decode.block_n - 1) == 0
