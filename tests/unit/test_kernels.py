@@ -47,7 +47,11 @@ def on_devices(common: list, cuda_only: list = ()) -> list:
     """(case, device) params: the common cases on every device, the large ones on CUDA."""
     pairs = [(case, d) for d in DEVICES for case in common]
     pairs += [(case, "cuda") for case in cuda_only]
-    return [pytest.param(case, d, id=f"{d}-{case}") for case, d in pairs]
+    return [pytest.param(case, d, id=f"{d}-{_name(case)}") for case, d in pairs]
+
+
+def _name(case) -> str:
+    return "-".join(map(str, case)) if isinstance(case, tuple) else str(case)
 
 
 def per_device(test):
@@ -191,6 +195,7 @@ def test_rms_norm(case, device):
 @pytest.mark.parametrize(("case", "device"),
                          on_devices(ACTIVATION_CASES, ACTIVATION_CUDA_CASES),
                          indirect=["device"])
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # on purpose
 def test_silu_and_mul(case, device):
     kc.check_silu_and_mul(case, device)
 
