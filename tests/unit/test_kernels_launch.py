@@ -1,5 +1,5 @@
-"""The launchers' own behaviour, on the CPU under the interpreter: compile variants,
-checks once per argument signature, and the tile tables.
+"""The launchers' own behaviour: compile variants, checks once per argument signature,
+the tile tables (their attention is computed under the interpreter only).
 
 ``CompileKeys`` stands in for a kernel: it runs nothing and records, for every launch,
 the key under which triton's JIT would cache a compiled kernel for an sm_90 target (the
@@ -30,20 +30,19 @@ KERNELS = {
     silu_and_mul: ("_silu_and_mul_kernel",),
 }
 
-if not launch.is_interpreted(decode_attention._decode_split_kernel):
-    pytest.skip("needs the kernels interpreted (CPU, TRITON_INTERPRET=1)",
-                allow_module_level=True)
+INTERPRETED = launch.is_interpreted(decode_attention._decode_split_kernel)
 
 
 class CompileKeys:
     """Records the JIT cache key of each launch instead of running the kernel."""
 
-    def __init__(self, interpreted_kernel):
+    def __init__(self, kernel):
         from triton.backends.compiler import GPUTarget
         from triton.compiler import make_backend
         from triton.runtime.jit import JITFunction, create_function_from_signature
 
-        jit = JITFunction(interpreted_kernel.fn, **interpreted_kernel.kwargs)
+        jit = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn,
+                                                                          **kernel.kwargs)
         backend = make_backend(GPUTarget("cuda", 90, 32))
         self.binder = create_function_from_signature(jit.signature, jit.params, backend)
         self.keys: set[str] = set()
@@ -181,6 +180,7 @@ def capability(request, monkeypatch):
     launch.clear_plans()
 
 
+@pytest.mark.skipif(not INTERPRETED, reason="runs the kernels on the CPU (interpreter)")
 @pytest.mark.parametrize("capability", [(8, 0), (9, 0)], indirect=True, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("head_dim", [80, 256])
