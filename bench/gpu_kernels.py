@@ -345,17 +345,19 @@ def run(device: torch.device, quick: bool = False, dtype: torch.dtype = torch.bf
     """Warm-up, accuracy and decode bandwidth in the results-file layout (``rows`` are
     the bandwidth rows; ``warm_up`` and ``accuracy`` ride along)."""
     if quick:
-        shape, max_batch, dtype = shape or QUICK_SHAPE, min(max_batch, 3), torch.float32
+        shape, dtype = shape or QUICK_SHAPE, torch.float32
+        max_batch, block_size = min(max_batch, 3), 8
     shape = shape or KernelShape()
     started = now_iso()
     warm = warm_up(shape, dtype, max_batch, block_size, device)
-    errors = accuracy(shape, DTYPES.values(), device, **(
-        {"tokens": 3, "context": 40, "block_size": 8} if quick else {}))
+    errors = accuracy(shape, DTYPES.values(), device, block_size=block_size,
+                      **({"tokens": 3, "context": 40} if quick else {}))
     timer = Timer(device, warmup=1 if quick else 5, iters=2 if quick else 20)
     batches, contexts = ((1, 3), (16, 40)) if quick else (BATCHES, CONTEXTS)
+    before = compiled_variants(device)
     rows = decode_bandwidth(shape, dtype, device, batches, contexts,
-                            mixed_batch=3 if quick else MIXED_BATCH,
-                            block_size=8 if quick else block_size, timer=timer)
+                            mixed_batch=3 if quick else MIXED_BATCH, block_size=block_size,
+                            timer=timer)
     after = compiled_variants(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return {
@@ -367,8 +369,8 @@ def run(device: torch.device, quick: bool = False, dtype: torch.dtype = torch.bf
                      "max_batch": max_batch},
         "started": started,
         "warm_up": {"seconds": warm.seconds, "variants": warm.variants,
-                    "compiled_while_timing": {k: after.get(k, 0) - v
-                                              for k, v in warm.variants.items()}},
+                    "compiled_while_timing": {k: n - before.get(k, 0)
+                                              for k, n in after.items()}},
         "accuracy": errors,
         "notes": {"timing": "CUDA events, L2 flushed, median" if device.type == "cuda"
                   else "interpreter on the CPU: not a GPU figure"},

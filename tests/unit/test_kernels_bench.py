@@ -85,6 +85,7 @@ def test_gpu_kernel_section_quick_on_cpu_without_plotting_or_service_packages(tm
                                                       rel=1e-2, abs=1e-4)
     assert result["warm_up"]["seconds"] > 0
     assert result["warm_up"]["variants"] == {}  # interpreted: nothing compiles
+    assert result["warm_up"]["compiled_while_timing"] == {}
 
 
 class CountingLaunch:
