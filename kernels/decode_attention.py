@@ -5,22 +5,29 @@ head, so each K/V row is read once per kv head whatever the GQA ratio. A split c
 fixed range of token positions; it writes its normalised partial output and log2-sum-exp,
 and a second small kernel merges the splits. With one split the first kernel writes the
 output directly. Tokens are gathered through the block table, so any page size works.
+
+Compile-time parameters are the model's (head size, page size, dtype) and the tiles of
+``decode_tiles``; batch, lengths, GQA group, split count and block-table width are
+runtime values, so one engine run compiles one split kernel per output kind (direct or
+partial) and one merge kernel.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from binbaton.kernels import launch
 
-BLOCK_N = 64  # tokens per tile
 MIN_SPLIT_TOKENS = 256  # a split shorter than this costs more to merge than it saves
 MAX_SPLITS = 64
 LOG2_E = 1.4426950408889634
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["group", "stride_tb", "tokens_per_split"])
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, lse_ptr,
     scale_log2,
@@ -30,9 +37,9 @@ def _decode_split_kernel(
     stride_tb,
     stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh,
-    tokens_per_split,
+    group, tokens_per_split,
     PAGE_SIZE: tl.constexpr,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
@@ -47,9 +54,9 @@ def _decode_split_kernel(
 
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_PAD)
-    g_mask = g < GROUP
+    g_mask = g < group
     d_mask = d < HEAD_DIM
-    heads = kv_head * GROUP + g  # [G] query heads of this kv head
+    heads = kv_head * group + g  # [G] query heads of this kv head
     q = tl.load(
         q_ptr + seq * stride_qb + heads[:, None] * stride_qh + d[None, :],
         mask=g_mask[:, None] & d_mask[None, :], other=0.0,
@@ -58,7 +65,7 @@ def _decode_split_kernel(
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
-    table = block_tables_ptr + seq * stride_tb
+    table = block_tables_ptr + seq.to(tl.int64) * stride_tb
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < end
@@ -88,29 +95,79 @@ def _decode_split_kernel(
         tl.store(lse_ptr + seq * stride_lb + heads * stride_lh + split, lse, mask=g_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_merge_kernel(
     part_ptr, lse_ptr, out_ptr,
     stride_pb, stride_ph, stride_ps,
     stride_lb, stride_lh,
     stride_ob, stride_oh,
     num_splits,
-    SPLIT_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr,
+    MAX_SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    s = tl.arange(0, SPLIT_PAD)
+    s = tl.arange(0, MAX_SPLITS_PAD)
     d = tl.arange(0, HEAD_PAD)
-    s_mask = s < num_splits
-    lse = tl.load(lse_ptr + seq * stride_lb + head * stride_lh + s, mask=s_mask,
-                  other=float("-inf"))  # [S], log2 units; split 0 is never empty
-    weight = tl.exp2(lse - tl.max(lse, 0))  # [S]
-    parts = tl.load(
-        part_ptr + seq * stride_pb + head * stride_ph + s[:, None] * stride_ps + d[None, :],
-        mask=s_mask[:, None] & (d < HEAD_DIM)[None, :], other=0.0,
-    )  # [S, D]
-    out = tl.sum(weight[:, None] * parts, 0) / tl.sum(weight, 0)
-    tl.store(out_ptr + seq * stride_ob + head * stride_oh + d, out, mask=d < HEAD_DIM)
+    d_mask = d < HEAD_DIM
+    lse_row = lse_ptr + seq * stride_lb + head * stride_lh
+    part_row = part_ptr + seq * stride_pb + head * stride_ph
+    # [S] log2 units; split 0 is never empty, so the maximum is finite
+    lse_max = tl.max(tl.load(lse_row + s, mask=s < num_splits, other=float("-inf")), 0)
+    acc = tl.zeros([HEAD_PAD], tl.float32)
+    total = 0.0
+    for split in range(num_splits):
+        weight = tl.exp2(tl.load(lse_row + split) - lse_max)  # 0 for an empty split
+        acc += weight * tl.load(part_row + split * stride_ps + d, mask=d_mask, other=0.0)
+        total += weight
+    tl.store(out_ptr + seq * stride_ob + head * stride_oh + d, acc / total, mask=d_mask)
+
+
+# ------------------------------------------------------------------------ configuration
+
+
+@dataclass(frozen=True)
+class Tiles:
+    block_n: int  # tokens per tile
+    num_warps: int
+    num_stages: int
+
+
+def decode_tiles(head_pad: int, dtype: torch.dtype, capability: launch.Capability) -> Tiles:
+    """Tiles of the split kernel with no register spill and shared memory well within
+    every 8.x and 9.0 part (at most 82 KB; tests/unit/test_kernels_aot.py compiles them
+    for sm_80 and sm_90). The same table serves both: decode is bound by reading K/V.
+
+    A program's tile is [16 query heads, BLOCK_N tokens] against [BLOCK_N, head]. float32
+    runs its products on CUDA cores with the operands in registers, so past head 64 it
+    takes half the tokens per tile over twice the warps."""
+    if dtype == torch.float32 and head_pad > 64:
+        return Tiles(32, num_warps=8, num_stages=2)
+    return Tiles(64, num_warps=4 if head_pad <= 128 else 8, num_stages=2)
+
+
+@functools.cache
+def split_config(page_size: int, group: int, head_dim: int, dtype: torch.dtype,
+                 capability: launch.Capability, interpreted: bool,
+                 write_lse: bool) -> launch.KernelConfig:
+    """The split kernel's compile-time parameters (``write_lse``: more than one split)."""
+    head_pad = launch.pad(head_dim, 16)
+    tiles = decode_tiles(head_pad, dtype, capability)
+    dot, precision = launch.dot_dtype(interpreted, dtype)
+    return launch.KernelConfig(
+        dict(PAGE_SIZE=page_size, GROUP_PAD=launch.pad(group, 16), HEAD_DIM=head_dim,
+             HEAD_PAD=head_pad, BLOCK_N=tiles.block_n, DOT_DTYPE=dot, PRECISION=precision,
+             WRITE_LSE=write_lse),
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )
+
+
+@functools.cache
+def merge_config(head_dim: int) -> launch.KernelConfig:
+    return launch.KernelConfig(
+        dict(MAX_SPLITS_PAD=launch.pad(MAX_SPLITS), HEAD_DIM=head_dim,
+             HEAD_PAD=launch.pad(head_dim, 16)),
+        num_warps=4, num_stages=1,
+    )
 
 
 def pick_num_splits(batch: int, num_kv_heads: int, max_seq_len: int, sm_count: int) -> int:
@@ -123,17 +180,30 @@ def pick_num_splits(batch: int, num_kv_heads: int, max_seq_len: int, sm_count: i
     return max(1, min(wanted, longest, MAX_SPLITS))
 
 
-def decode_attention(
-    query: torch.Tensor,  # [B, Hq, D], one new token per sequence
-    k_cache: torch.Tensor,  # [N, bs, Hkv, D]
-    v_cache: torch.Tensor,  # [N, bs, Hkv, D]
-    block_tables: torch.Tensor,  # [B, max_blocks] int32
-    seq_lens: torch.Tensor,  # [B] int32, >= 1, tokens in cache incl. the new one
-    scale: float,
-    max_seq_len: int | None = None,  # max(seq_lens) if known (saves a device sync)
-    num_splits: int | None = None,  # None: pick from batch x heads vs SM count
-    out: torch.Tensor | None = None,  # [B, Hq, D] to write into (else allocated)
-) -> torch.Tensor:  # [B, Hq, D]
+# ------------------------------------------------------------------------ launcher
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """What one argument signature fixes: checked once, reused while it repeats."""
+
+    group: int
+    capacity: int  # tokens the block table can address
+    sm_count: int
+    seq_lens_ready: bool  # int32 and contiguous: passed as it is
+    input_strides: tuple[int, ...]  # query (2), k_cache (3), v_cache (3), block_tables (1)
+    out_strides: tuple[int, int]  # of out, or of the empty_like(query) it will be
+    direct: launch.KernelConfig  # one split: the output is written directly
+    partial: launch.KernelConfig  # several splits: partial outputs, then the merge
+    merge: launch.KernelConfig
+
+
+_plans: launch.PlanCache[DecodePlan] = launch.PlanCache()
+
+
+def _check(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+           block_tables: torch.Tensor, seq_lens: torch.Tensor,
+           out: torch.Tensor | None) -> DecodePlan:
     batch, num_q_heads, head_dim = query.shape
     _, page_size, num_kv_heads, cache_dim = k_cache.shape
     launch.check_device(_decode_split_kernel, query, k_cache, v_cache, block_tables, seq_lens)
@@ -155,60 +225,82 @@ def decode_attention(
     for name, t in (("query", query), ("k_cache", k_cache), ("v_cache", v_cache),
                     ("block_tables", block_tables)):
         launch.check_last_contiguous(name, t)
-    seq_lens = seq_lens.to(torch.int32).contiguous()  # one loop-bound type in the kernel
+    if out is not None:
+        launch.check_output("out", out, query)
+    group = num_q_heads // num_kv_heads
+    config = functools.partial(split_config, page_size, group, head_dim, query.dtype,
+                               launch.capability(query.device),
+                               launch.is_interpreted(_decode_split_kernel))
+    like = out if out is not None else torch.empty_like(query, device="meta")
+    return DecodePlan(
+        group=group, capacity=block_tables.shape[1] * page_size,
+        sm_count=launch.sm_count(query.device),
+        seq_lens_ready=seq_lens.dtype == torch.int32 and seq_lens.stride(0) == 1,
+        input_strides=(*query.stride()[:2], *k_cache.stride()[:3], *v_cache.stride()[:3],
+                       block_tables.stride(0)),
+        out_strides=(like.stride(0), like.stride(1)),
+        direct=config(write_lse=False), partial=config(write_lse=True),
+        merge=merge_config(head_dim),
+    )
+
+
+def decode_attention(
+    query: torch.Tensor,  # [B, Hq, D], one new token per sequence
+    k_cache: torch.Tensor,  # [N, bs, Hkv, D]
+    v_cache: torch.Tensor,  # [N, bs, Hkv, D]
+    block_tables: torch.Tensor,  # [B, max_blocks] int32
+    seq_lens: torch.Tensor,  # [B] int32, >= 1, tokens in cache incl. the new one
+    scale: float,
+    max_seq_len: int | None = None,  # max(seq_lens) if known (saves a device sync)
+    num_splits: int | None = None,  # None: pick from batch x heads vs SM count
+    out: torch.Tensor | None = None,  # [B, Hq, D] to write into (else allocated)
+) -> torch.Tensor:  # [B, Hq, D]
+    plan = _plans.get(
+        launch.signature(query, k_cache, v_cache, block_tables, seq_lens, out),
+        lambda: _check(query, k_cache, v_cache, block_tables, seq_lens, out),
+    )
+    if not plan.seq_lens_ready:
+        seq_lens = seq_lens.to(torch.int32).contiguous()  # one loop-bound type in the kernel
     if out is None:
         out = torch.empty_like(query)
-    launch.check_output("out", out, query)
+    batch, num_q_heads, head_dim = query.shape
     if batch == 0:
         return out
     if max_seq_len is None:
         max_seq_len = int(seq_lens.max())
-    if max_seq_len > block_tables.shape[1] * page_size:
+    if max_seq_len > plan.capacity:
         raise ValueError(f"seq_lens up to {max_seq_len} exceed the block table's capacity")
+    num_kv_heads = k_cache.shape[2]
     if num_splits is None:
-        num_splits = pick_num_splits(batch, num_kv_heads, max_seq_len,
-                                     launch.sm_count(query.device))
+        num_splits = pick_num_splits(batch, num_kv_heads, max_seq_len, plan.sm_count)
+    block_n = plan.partial.constexprs["BLOCK_N"]
     tokens_per_split = -(-max(max_seq_len, 1) // num_splits)
-    tokens_per_split = -(-tokens_per_split // BLOCK_N) * BLOCK_N
+    tokens_per_split = -(-tokens_per_split // block_n) * block_n
     num_splits = max(1, -(-max_seq_len // tokens_per_split))
 
-    group = num_q_heads // num_kv_heads
-    dot_dtype, precision = launch.dot_dtype(_decode_split_kernel, query.dtype)
-    if num_splits == 1:
-        partial, lse = out.unsqueeze(2), out  # written directly; lse unused
+    out_b, out_h = plan.out_strides
+    if num_splits == 1:  # written directly: the split stride and lse are unused
+        partial, lse, config = out, out, plan.direct
+        partial_strides, lse_strides = (out_b, out_h, 0), (out_b, out_h)
     else:
         partial = torch.empty(batch, num_q_heads, num_splits, head_dim,
                               dtype=torch.float32, device=query.device)
         lse = torch.empty(batch, num_q_heads, num_splits, dtype=torch.float32,
                           device=query.device)
+        config = plan.partial
+        partial_strides = (num_q_heads * num_splits * head_dim, num_splits * head_dim,
+                           head_dim)
+        lse_strides = (num_q_heads * num_splits, num_splits)
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         query, k_cache, v_cache, block_tables, seq_lens, partial, lse,
-        scale * LOG2_E,
-        query.stride(0), query.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        block_tables.stride(0),
-        partial.stride(0), partial.stride(1), partial.stride(2),
-        lse.stride(0), lse.stride(1),
-        tokens_per_split,
-        PAGE_SIZE=page_size,
-        GROUP=group, GROUP_PAD=launch.pad(group, 16),
-        HEAD_DIM=head_dim, HEAD_PAD=launch.pad(head_dim, 16),
-        BLOCK_N=BLOCK_N,
-        DOT_DTYPE=dot_dtype, PRECISION=precision,
-        WRITE_LSE=num_splits > 1,
-        num_warps=4,
+        scale * LOG2_E, *plan.input_strides, *partial_strides, *lse_strides,
+        plan.group, tokens_per_split,
+        **config.launch_kwargs,
     )
     if num_splits > 1:
         _decode_merge_kernel[(batch, num_q_heads)](
-            partial, lse, out,
-            partial.stride(0), partial.stride(1), partial.stride(2),
-            lse.stride(0), lse.stride(1),
-            out.stride(0), out.stride(1),
-            num_splits,
-            SPLIT_PAD=launch.pad(num_splits, 2), HEAD_DIM=head_dim,
-            HEAD_PAD=launch.pad(head_dim, 16),
-            num_warps=4,
+            partial, lse, out, *partial_strides, *lse_strides, out_b, out_h, num_splits,
+            **plan.merge.launch_kwargs,
         )
     return out
 

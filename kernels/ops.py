@@ -1,4 +1,4 @@
-"""One interface for the engine's attention, cache and norm ops.
+"""One interface for the engine's attention, cache, norm and activation ops.
 
 The engine calls ``ops = select_ops(backend, device)`` once and then only ``ops.<name>``.
 ``torch`` is the reference twin (any device), ``triton`` the Triton kernels (CUDA, or the
@@ -28,6 +28,8 @@ class KernelOps:
     rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     # store_kv that first rotates query and key in place (rotate_half rope), see reference
     rope_store_kv: Callable[..., None]
+    # silu(x[:, :I]) * x[:, I:] of a fused gate_up projection [T, 2I] -> [T, I]
+    silu_and_mul: Callable[..., torch.Tensor]
 
 
 TORCH_OPS = KernelOps(
@@ -37,6 +39,7 @@ TORCH_OPS = KernelOps(
     prefill_attention=reference.prefill_attention,
     rms_norm=reference.rms_norm,
     rope_store_kv=reference.rope_store_kv,
+    silu_and_mul=reference.silu_and_mul,
 )
 
 
@@ -59,6 +62,7 @@ def triton_ops() -> KernelOps:
         prefill_attention=t.prefill_attention,
         rms_norm=t.rms_norm,
         rope_store_kv=t.rope_store_kv,
+        silu_and_mul=t.silu_and_mul,
     )
 
 

@@ -133,3 +133,20 @@ def rms_norm(
     h32 = hidden.float()
     normed = h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * normed.to(x.dtype), hidden
+
+
+def silu_and_mul(
+    x: torch.Tensor,  # [T, 2I]: the gate in the first half, the up projection in the second
+    out: torch.Tensor | None = None,  # [T, I] in x's dtype (else allocated)
+) -> torch.Tensor:  # [T, I]
+    """The MLP's ``silu(gate) * up``, computed in float32 and rounded once to x's dtype.
+
+    In float32 this is bit for bit Hugging Face's ``act_fn(gate_proj(x)) * up_proj(x)``:
+    silu runs on a contiguous copy of the gate, as on gate_proj's own output (torch's
+    vectorized and scalar silu may differ in the last bit, and which one an element gets
+    depends on the layout)."""
+    gate, up = x.chunk(2, dim=-1)
+    result = (F.silu(gate.float().contiguous()) * up.float()).to(x.dtype)
+    if out is None:
+        return result
+    return out.copy_(result)

@@ -2,10 +2,15 @@
 
 Semantics of ``reference.rms_norm``: ``hidden = x + residual`` rounded to x's dtype (this
 is the new residual), normalised in float32, cast back to x's dtype, then multiplied by
-the weight (result in the promoted dtype of weight and x, as torch does).
+the weight (result in the promoted dtype of weight and x, as torch does). Compile-time
+parameters are the hidden size's block, the rows per program it implies, and whether a
+residual is added; the row count is a runtime value.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -15,7 +20,7 @@ from binbaton.kernels import launch
 ROW_ELEMENTS = 4096  # elements per program: rows of a short hidden size share a program
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def _rms_norm_kernel(
     x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr,
     stride_x, stride_r, stride_o, stride_ro,
@@ -37,14 +42,28 @@ def _rms_norm_kernel(
     tl.store(out_ptr + rows * stride_o + cols, w * normed, mask=mask)
 
 
-def rms_norm(
-    x: torch.Tensor,  # [..., H]
-    weight: torch.Tensor,  # [H]
-    eps: float,
-    residual: torch.Tensor | None = None,  # [..., H]
-    out: torch.Tensor | None = None,  # [..., H] for normed (else allocated)
-    residual_out: torch.Tensor | None = None,  # [..., H] for x + residual (else allocated)
-) -> tuple[torch.Tensor, torch.Tensor]:  # (normed, new_residual)
+@functools.cache
+def rms_norm_config(hidden_size: int, has_residual: bool) -> launch.KernelConfig:
+    """Rows of a short hidden size share a program: ``ROW_ELEMENTS`` elements per program."""
+    block = launch.pad(hidden_size)
+    rows = max(1, ROW_ELEMENTS // block)
+    return launch.KernelConfig(
+        dict(HAS_RESIDUAL=has_residual, ROWS=rows, BLOCK=block),
+        num_warps=min(16, max(1, rows * block // 256)),
+    )
+
+
+@dataclass(frozen=True)
+class NormPlan:
+    config: launch.KernelConfig
+    out_dtype: torch.dtype
+
+
+_plans: launch.PlanCache[NormPlan] = launch.PlanCache()
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None,
+           out: torch.Tensor | None, residual_out: torch.Tensor | None) -> NormPlan:
     tensors = (x, weight) if residual is None else (x, weight, residual)
     launch.check_device(_rms_norm_kernel, *tensors)
     hidden_size = x.shape[-1]
@@ -55,32 +74,49 @@ def rms_norm(
         launch.check_shape("residual", residual, tuple(x.shape))
         if residual.dtype != x.dtype:
             raise TypeError(f"residual {residual.dtype} must match x {x.dtype}")
-    x2 = x.reshape(-1, hidden_size)  # [R, H]; a view where x allows it
+    x2 = x.reshape(-1, hidden_size)  # what the launch will pass
     r2 = x2 if residual is None else residual.reshape(-1, hidden_size)
-    weight = weight.contiguous()
     for name, t in (("x", x2), ("residual", r2)):
         launch.check_last_contiguous(name, t)
     out_dtype = torch.promote_types(weight.dtype, x.dtype)
+    if out is not None:
+        launch.check_output("out", out, x, out_dtype)
+    if residual is not None and residual_out is not None:
+        launch.check_output("residual_out", residual_out, x)
+    for name, output in (("out", out), ("residual_out", residual_out)):
+        if output is not None and not output.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
+    return NormPlan(rms_norm_config(hidden_size, residual is not None), out_dtype)
+
+
+def rms_norm(
+    x: torch.Tensor,  # [..., H]
+    weight: torch.Tensor,  # [H]
+    eps: float,
+    residual: torch.Tensor | None = None,  # [..., H]
+    out: torch.Tensor | None = None,  # [..., H] for normed (else allocated)
+    residual_out: torch.Tensor | None = None,  # [..., H] for x + residual (else allocated)
+) -> tuple[torch.Tensor, torch.Tensor]:  # (normed, new_residual: x without a residual)
+    plan = _plans.get(launch.signature(x, weight, residual, out, residual_out),
+                      lambda: _check(x, weight, residual, out, residual_out))
+    hidden_size = x.shape[-1]
+    x2 = x.reshape(-1, hidden_size)  # [R, H]; a view where x allows it
+    r2 = x2 if residual is None else residual.reshape(-1, hidden_size)
     if out is None:
-        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    launch.check_output("out", out, x, out_dtype)
-    if residual is not None:
+        out = torch.empty(x.shape, dtype=plan.out_dtype, device=x.device)
+    if residual is None:
+        residual_out, new_residual = x, x2  # the kernel writes no residual
+    else:
         if residual_out is None:
             residual_out = torch.empty_like(x)
-        launch.check_output("residual_out", residual_out, x)
-    for name, t in (("out", out), ("residual_out", residual_out)):
-        if t is not None and not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous")
+        new_residual = residual_out.view(-1, hidden_size)
     out2 = out.view(-1, hidden_size)  # [R, H]
-    new_residual = x2 if residual_out is None else residual_out.view(-1, hidden_size)
-    num_rows, block = x2.shape[0], launch.pad(hidden_size)
-    rows = max(1, min(ROW_ELEMENTS // block, launch.pad(num_rows)))  # several short rows
+    num_rows, rows = x2.shape[0], plan.config.constexprs["ROWS"]
     if num_rows > 0:
-        _rms_norm_kernel[(triton.cdiv(num_rows, rows),)](
-            x2, r2, weight, out2, new_residual,
+        _rms_norm_kernel[(launch.cdiv(num_rows, rows),)](
+            x2, r2, weight.contiguous(), out2, new_residual,
             x2.stride(0), r2.stride(0), out2.stride(0), new_residual.stride(0),
             num_rows, hidden_size, eps,
-            HAS_RESIDUAL=residual is not None, ROWS=rows, BLOCK=block,
-            num_warps=min(16, max(1, rows * block // 256)),
+            **plan.config.launch_kwargs,
         )
-    return out, (x if residual_out is None else residual_out)
+    return out, residual_out

@@ -10,5 +10,7 @@ from binbaton.kernels.decode_attention import decode_attention
 from binbaton.kernels.kv_store import rope_store_kv, store_kv
 from binbaton.kernels.prefill_attention import prefill_attention
 from binbaton.kernels.rms_norm import rms_norm
+from binbaton.kernels.silu_and_mul import silu_and_mul
 
-__all__ = ["decode_attention", "prefill_attention", "rms_norm", "rope_store_kv", "store_kv"]
+__all__ = ["decode_attention", "prefill_attention", "rms_norm", "rope_store_kv",
+           "silu_and_mul", "store_kv"]

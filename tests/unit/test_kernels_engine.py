@@ -14,7 +14,8 @@ from binbaton.workers.engine.replay import Arrival, replay
 
 pytest.importorskip("triton")
 if torch.cuda.is_available():
-    pytest.skip("CUDA present: the kernels compile; run tests/gpu", allow_module_level=True)
+    pytest.skip("CUDA present: the kernels compile (tests/unit/test_kernels.py runs them on "
+                "cuda)", allow_module_level=True)
 
 
 def short_workload(num_requests: int = 10, seed: int = 1) -> list[Arrival]:

@@ -1,4 +1,6 @@
-"""Kernel checks shared by tests/unit (CPU, Triton interpreter) and tests/gpu (CUDA).
+"""Kernel checks of tests/unit/test_kernels.py, run on every device the suite covers
+(the CPU under the Triton interpreter, CUDA with compiled kernels); imported as a plain
+module (pytest's ``pythonpath`` holds tests/).
 
 Each check builds fresh random inputs (never zeros), poisons every output before the
 launch (NaN, or NaN cache rows that no sequence owns), runs the Triton op and the torch
@@ -33,6 +35,7 @@ NORM_TOL = {
     torch.float16: (2e-3, 2e-3),
     torch.bfloat16: (2e-2, 2e-2),
 }
+ACTIVATION_TOL = NORM_TOL  # one float32 computation, rounded once to the output dtype
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -384,3 +387,52 @@ def check_rms_norm(case: NormCase, device: str, seed: int = 0) -> None:
     res_tol = (0.0, 2**-7) if case.dtype == torch.bfloat16 else (0.0, 0.0)
     assert_close(f"residual {case}", new_residual, exp_residual, res_tol)
     assert_close(f"twin residual {case}", twin_residual, exp_residual, (0.0, 0.0))
+
+
+# ---------------------------------------------------------------- SiLU and multiply
+
+
+@dataclass(frozen=True)
+class ActivationCase:
+    tokens: int
+    intermediate: int
+    dtype: torch.dtype
+    strided: bool = False  # x is a row-strided view (a wider projection output)
+    spread: float = 1.0  # input scale: large values reach exp's overflow
+
+    def __str__(self) -> str:
+        return (f"t{self.tokens}-i{self.intermediate}-{str(self.dtype)[6:]}"
+                f"{'-strided' if self.strided else ''}"
+                f"{f'-x{self.spread:g}' if self.spread != 1 else ''}")
+
+
+def silu_and_mul_f64(x: torch.Tensor) -> torch.Tensor:
+    """gate / (1 + e^-gate) * up in float64."""
+    gate, up = x.double().cpu().chunk(2, dim=-1)
+    return gate / (1 + torch.exp(-gate)) * up
+
+
+def check_silu_and_mul(case: ActivationCase, device: str, seed: int = 0) -> None:
+    from binbaton.kernels import triton_ops
+
+    gen = _gen(seed)
+    width = 2 * case.intermediate
+    x = _randn(gen, case.tokens, width + (7 if case.strided else 0), dtype=torch.float32,
+               device="cpu")
+    x = (x * case.spread).to(case.dtype).to(device)[:, :width]
+    expected = silu_and_mul_f64(x)
+    out = torch.full((case.tokens, case.intermediate), float("nan"), dtype=case.dtype,
+                     device=device)
+    got = triton_ops.silu_and_mul(x, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    allocated = triton_ops.silu_and_mul(x)
+    assert allocated.dtype == case.dtype and allocated.shape == out.shape
+    twin_out = torch.full_like(out, float("nan"))
+    twin = reference.silu_and_mul(x, out=twin_out)
+    assert twin.data_ptr() == twin_out.data_ptr()
+    assert torch.equal(reference.silu_and_mul(x), twin)
+    tol = ACTIVATION_TOL[case.dtype]
+    assert_close(f"triton {case}", got, expected, tol)
+    assert_close(f"triton allocated {case}", allocated, got, (0.0, 0.0))
+    assert_close(f"twin {case}", twin, expected, tol)
+    assert_close(f"triton vs twin {case}", got, twin, tol)
