@@ -17,6 +17,7 @@ from binbaton.kernels.ops import select_ops
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.kv_cache import KVCache, blocks_from_budget, bytes_per_token
 from binbaton.workers.engine.loader import DTYPES, load_model
+from binbaton.workers.engine.memory import announce_kv_cache, device_kv_budget_tokens
 from binbaton.workers.engine.model import ForwardBatch
 from binbaton.workers.engine.policy import AdmissionBudget, make_policy
 from binbaton.workers.engine.request import GenerationOutput, GenerationRequest
@@ -45,6 +46,7 @@ class Engine:
         )
         self.cache = KVCache(shape.num_layers, num_blocks, config.block_size,
                              shape.num_kv_heads, shape.head_dim, dtype, self.device)
+        announce_kv_cache(self.cache.capacity_tokens, token_bytes)
         self.policy = make_policy(config)
         self.sampler = Sampler(config.seed, self.device)
         self.waiting: list[Sequence] = []  # FIFO; preempted sequences go back to the front
@@ -105,11 +107,8 @@ class Engine:
         config = self.config
         if config.kv_budget_tokens is not None or config.kv_budget_bytes is not None:
             return config.kv_budget_tokens
-        tokens = config.max_batch * self.max_model_len
-        if self.device.type == "cuda":
-            free_bytes, _ = torch.cuda.mem_get_info(self.device)
-            tokens = min(tokens, int(free_bytes * config.kv_memory_fraction) // token_bytes)
-        return tokens
+        return device_kv_budget_tokens(self.device, token_bytes, config.max_batch,
+                                       self.max_model_len, config.kv_memory_fraction)
 
     def _check(self, request: GenerationRequest) -> tuple[str, str] | None:
         prompt_len = len(request.prompt_token_ids)
