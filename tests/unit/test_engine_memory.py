@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from binbaton.workers.engine.kv_cache import bytes_per_token
@@ -9,6 +11,7 @@ from binbaton.workers.engine.memory import (
     CPU_KV_MEMORY_FRACTION,
     CUDA_KV_MEMORY_FRACTION,
     announce_kv_cache,
+    available_ram_bytes,
     cgroup_bytes_left,
     default_kv_budget_tokens,
     kv_cache_line,
@@ -53,6 +56,11 @@ def test_meminfo_available_is_read_in_bytes():
     assert meminfo_available_bytes(meminfo) == 23_930_840 * 1024
     with pytest.raises(ValueError, match="MemAvailable"):
         meminfo_available_bytes("MemTotal: 1 kB\n")
+
+
+def test_available_ram_is_read_from_this_machine():
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < available_ram_bytes() <= total
 
 
 @pytest.mark.parametrize(

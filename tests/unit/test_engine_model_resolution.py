@@ -135,8 +135,8 @@ def test_hub_id_offline_fails_at_once(monkeypatch):
     assert time.monotonic() - start < 5
     assert str(err.value) == (
         "model 'binbaton-tests/no-such-model' is no local path and not in the Hugging Face "
-        "cache, and HF_HUB_OFFLINE is set: give a local checkpoint directory or .gguf file, "
-        "or download it where the hub is reachable"
+        "cache, and HF_HUB_OFFLINE is set: give a local checkpoint directory, a .gguf file or a "
+        "named model (smollm2-135m-instruct), or download it where the hub is reachable"
     )
 
 

@@ -195,17 +195,21 @@ def looks_like_hub_id(model: str) -> bool:
     )
 
 
-def hub_offline() -> bool:
-    return any(
-        os.environ.get(name, "").upper() in TRUTHY
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+def offline_variable() -> str | None:
+    """The environment variable that switches the hub off, if one does."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").upper() in TRUTHY:
+            return name
+    return None
 
 
 def hub_reachable(endpoint: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
     """One HEAD request with a short timeout: any HTTP answer means the hub is reachable."""
     try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s)
+        with urllib.request.urlopen(
+            urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s
+        ):
+            pass
     except urllib.error.HTTPError:
         return True
     except (OSError, ValueError):  # URLError, timeouts and refusals are OSErrors
@@ -220,8 +224,8 @@ def download_from_hub(repo_id: str) -> Path:
 
     patterns = ["*.json", "*.safetensors", "tokenizer*"]
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    offline = hub_offline()
-    reason = "HF_HUB_OFFLINE is set" if offline else None
+    offline = offline_variable()
+    reason = f"{offline} is set" if offline else None
     if not offline and not hub_reachable(endpoint):
         reason = f"{endpoint} cannot be reached"
     try:
@@ -232,8 +236,8 @@ def download_from_hub(repo_id: str) -> Path:
         if reason is not None:
             raise ModelLoadError(
                 f"model {repo_id!r} is no local path and not in the Hugging Face cache, and "
-                f"{reason}: give a local checkpoint directory or .gguf file, or download it "
-                "where the hub is reachable"
+                f"{reason}: give a local checkpoint directory, a .gguf file or a named model "
+                f"({', '.join(NAMED_MODELS)}), or download it where the hub is reachable"
             ) from exc
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
