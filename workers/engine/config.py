@@ -12,17 +12,19 @@ KERNEL_BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
 
 @dataclass(frozen=True)
 class EngineConfig:
-    model: str  # local Hugging Face directory or hub id
+    # a checkpoint directory, a .gguf file (or a directory holding one), a named model
+    # (binbaton.workers.engine.loader.NAMED_MODELS) or a hub id
+    model: str
     device: str = "cpu"
     dtype: str = "float32"
     policy: str = "multibin-insert"
     max_batch: int = 16  # running sequences at most (all bins together)
-    # KV cache budget: give at most one. With neither, the budget is max_batch sequences of
-    # max_model_len tokens each (every admitted request can always run to its limit), capped
-    # on CUDA at kv_memory_fraction of the device memory still free after loading weights.
+    # KV cache budget: give at most one. With neither, the budget is kv_memory_fraction of
+    # the memory still free after loading weights (CUDA: device memory; CPU: available RAM),
+    # capped at max_batch sequences of max_model_len tokens each.
     kv_budget_tokens: int | None = None
     kv_budget_bytes: int | None = None
-    kv_memory_fraction: float = 0.9
+    kv_memory_fraction: float | None = None  # None: the device's default (engine/memory.py)
     block_size: int = 16  # tokens per KV cache block
     max_model_len: int | None = None  # cap on the model's context (None: the model's own)
     max_prefill_tokens: int | None = None  # prompt tokens prefilled per step (None: no cap)
@@ -59,7 +61,7 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if not 0 < self.kv_memory_fraction <= 1:
+        if self.kv_memory_fraction is not None and not 0 < self.kv_memory_fraction <= 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}")
         for name in ("bin_max_batch", "bin_reserved_tokens"):
             values = getattr(self, name)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from binbaton.kernels.ops import KernelOps
 from torch import nn
 
@@ -116,9 +115,8 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(h, 2 * i, bias=bias)
         self.down_proj = nn.Linear(i, h, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, ops: KernelOps) -> torch.Tensor:  # [T, hidden]
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # [T, 2I] -> [T, I]
 
 
 class RMSNormWeight(nn.Module):
@@ -179,7 +177,7 @@ class CausalLM(nn.Module):
             normed, residual = ops.rms_norm(
                 hidden, layer.post_attention_layernorm.weight, eps, residual
             )
-            hidden = layer.mlp(normed)
+            hidden = layer.mlp(normed, ops)
         assert residual is not None, "a model has at least one layer"
         if logits_index is not None:
             hidden, residual = hidden[logits_index], residual[logits_index]  # [B, hidden]

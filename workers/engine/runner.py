@@ -35,6 +35,7 @@ from binbaton.kernels.ops import KernelOps, select_ops
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.kv_cache import KVCache, blocks_from_budget, bytes_per_token
 from binbaton.workers.engine.loader import DTYPES, load_model
+from binbaton.workers.engine.memory import announce_kv_cache, device_kv_budget_tokens
 from binbaton.workers.engine.model import ForwardBatch
 from binbaton.workers.engine.sampler import Sampler, SamplingRows, row_values
 from binbaton.workers.engine.scheduler import ScheduledBatch
@@ -124,11 +125,8 @@ class ModelRunner:
         config = self.config
         if config.kv_budget_tokens is not None or config.kv_budget_bytes is not None:
             return config.kv_budget_tokens
-        tokens = config.max_batch * self.max_model_len
-        if self.device.type == "cuda":
-            free_bytes, _ = torch.cuda.mem_get_info(self.device)
-            tokens = min(tokens, int(free_bytes * config.kv_memory_fraction) // token_bytes)
-        return tokens
+        return device_kv_budget_tokens(self.device, token_bytes, config.max_batch,
+                                       self.max_model_len, config.kv_memory_fraction)
 
     def _allocate_cache(self) -> KVCache:
         shape, config = self.model.shape, self.config
@@ -138,8 +136,10 @@ class ModelRunner:
             self._budget_tokens(token_bytes), config.kv_budget_bytes, config.block_size,
             token_bytes,
         )
-        return KVCache(shape.num_layers, num_blocks, config.block_size, shape.num_kv_heads,
-                       shape.head_dim, dtype, self.device)
+        cache = KVCache(shape.num_layers, num_blocks, config.block_size, shape.num_kv_heads,
+                        shape.head_dim, dtype, self.device)
+        announce_kv_cache(cache.capacity_tokens, token_bytes)
+        return cache
 
     def _allocate_rows(self) -> None:
         rows, device, cache = self.config.max_batch, self.device, self.cache
