@@ -169,7 +169,7 @@ def service_env(threads: int) -> dict[str, str]:
 
 
 def kafka_request(req: BenchRequest) -> Any:
-    from binbaton.schemas import Request
+    from binbaton.schemas.messages import Request
 
     return Request(
         id=req.id,

@@ -24,13 +24,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
-from binbaton.schemas import (
-    BinnedRequest,
-    DeadLetter,
-    ErrorInfo,
+from binbaton.schemas.codec import (
     InvalidMessage,
-    Request,
-    Timings,
     dead_letter,
     decode_request,
     decode_result,
@@ -39,6 +34,7 @@ from binbaton.schemas import (
     now_ms,
     recover_id,
 )
+from binbaton.schemas.messages import BinnedRequest, DeadLetter, ErrorInfo, Request, Timings
 from binbaton.service import tracing
 from binbaton.service.bins import AdaptiveBinner, BinBoundaries, FixedBinner
 from binbaton.service.config import ClassifierConfig, ConfigError, KafkaConfig, TopicsConfig

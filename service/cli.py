@@ -228,7 +228,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from binbaton.schemas import encode
+    from binbaton.schemas.codec import encode
     from binbaton.service.client import ResultFollower
     from binbaton.service.config import kafka_config
 
@@ -302,7 +302,7 @@ def line_batches(stream: Any, size: int) -> Iterator[list[bytes]]:
 def predict_rows(router: Any, lines: Sequence[bytes]) -> list[dict[str, Any]]:
     """One output row per line, in order: the decision, or an error object (a bad line
     never stops the others)."""
-    from binbaton.schemas import InvalidMessage, decode_request
+    from binbaton.schemas.codec import InvalidMessage, decode_request
 
     outcomes: list[Any] = []
     valid: list[tuple[int, Any]] = []
@@ -321,7 +321,7 @@ def predict_rows(router: Any, lines: Sequence[bytes]) -> list[dict[str, Any]]:
 def _decide_guarded(router: Any, requests: list[Any]) -> list[Any]:
     """``router.decide`` for the batch; if it fails (a bug, not bad input), one by one,
     and a request that still fails gets an ``internal`` error."""
-    from binbaton.schemas import InvalidMessage
+    from binbaton.schemas.codec import InvalidMessage
 
     try:
         return router.decide(requests) if requests else []
@@ -361,7 +361,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from binbaton.schemas import json_schema
+    from binbaton.schemas.codec import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0

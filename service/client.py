@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
-from binbaton.schemas import InvalidMessage, Request, Result, decode_result, encode, recover_id
+from binbaton.schemas.codec import InvalidMessage, decode_result, encode, recover_id
+from binbaton.schemas.messages import Request, Result
 from binbaton.service.config import KafkaConfig
 from binbaton.service.topics import existing_partitions
 from binbaton.service.tracing import CLIENT_SERVICE, Telemetry, TracingConfig, setup_tracing

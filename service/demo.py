@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from binbaton.schemas import Request, Result
+from binbaton.schemas.messages import Request, Result
 from binbaton.service.bins import BinBoundaries
 from binbaton.service.broker import DEFAULT_PORT, answers_metadata, free_port
 from binbaton.service.client import (

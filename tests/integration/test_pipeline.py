@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from binbaton.schemas import DeadLetter, Request, decode_dead_letter, encode
+from binbaton.schemas.codec import decode_dead_letter, encode
+from binbaton.schemas.messages import DeadLetter, Request
 from binbaton.service.classifier import Classifier, Decision, Router
 from binbaton.service.client import ResultFollower
 from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig

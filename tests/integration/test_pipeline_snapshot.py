@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
-from binbaton.schemas import Request, Result, Usage, encode
+from binbaton.schemas.codec import encode
+from binbaton.schemas.messages import Request, Result, Usage
 from binbaton.service.classifier import Classifier, Router
 from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
 from binbaton.service.learned import LengthModel

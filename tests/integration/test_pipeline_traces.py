@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from binbaton.schemas import Request
+from binbaton.schemas.messages import Request
 from binbaton.service.broker import free_port
 from binbaton.service.classifier import run_classifier
 from binbaton.service.client import produce, request_message

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from binbaton.schemas import Request
+from binbaton.schemas.messages import Request
 from binbaton.service.broker import answers_metadata, free_port
 from binbaton.service.client import ResultFollower, produce, request_message
 from binbaton.service.config import KafkaConfig

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from binbaton.schemas import Request, Result
+from binbaton.schemas.messages import Request, Result
 from binbaton.service.broker import free_port
 from binbaton.service.classifier import run_classifier
 from binbaton.service.client import ResultFollower, produce, request_message

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from binbaton.schemas import InvalidMessage, Request
+from binbaton.schemas.codec import InvalidMessage
+from binbaton.schemas.messages import Request
 from binbaton.service.classifier import Decision, RecentInputs, Router, make_predictor
 from binbaton.service.config import ClassifierConfig, ConfigError
 from binbaton.service.predictor import PredictionInput

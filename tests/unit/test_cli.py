@@ -11,7 +11,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from binbaton.schemas import Request, Result, encode
+from binbaton.schemas.codec import encode
+from binbaton.schemas.messages import Request, Result
 from binbaton.service import cli
 from binbaton.service.classifier import Router
 from binbaton.service.config import ClassifierConfig, resolve

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from binbaton.schemas import Request, Result, Timings, Usage
+from binbaton.schemas.messages import Request, Result, Timings, Usage
 from binbaton.service.corpus import is_held_out
 from binbaton.service.demo import (
     DEMO_SPAN_S,
