@@ -35,13 +35,18 @@ from binbaton.schemas.codec import (
     recover_id,
 )
 from binbaton.schemas.messages import BinnedRequest, DeadLetter, ErrorInfo, Request, Timings
-from binbaton.service import tracing
 from binbaton.service.bins import AdaptiveBinner, BinBoundaries, FixedBinner
 from binbaton.service.config import ClassifierConfig, ConfigError, KafkaConfig, TopicsConfig
-from binbaton.service.metrics import Metrics, MetricsConfig, update_consumer_lag
 from binbaton.service.predictor import DEFAULT_ARTIFACT, LengthPredictor, PredictionInput
 from binbaton.service.predictor import make_predictor as predictor_registry
-from binbaton.service.tracing import CLASSIFIER_SERVICE, StageTimer, Telemetry, mark_error
+from binbaton.service.telemetry import tracing
+from binbaton.service.telemetry.metrics import Metrics, MetricsConfig, update_consumer_lag
+from binbaton.service.telemetry.tracing import (
+    CLASSIFIER_SERVICE,
+    StageTimer,
+    Telemetry,
+    mark_error,
+)
 from opentelemetry.trace import Span
 
 Binner = FixedBinner | AdaptiveBinner

@@ -160,9 +160,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         tracing_config,
         worker_config,
     )
-    from binbaton.service.metrics import Metrics
+    from binbaton.service.telemetry.metrics import Metrics
+    from binbaton.service.telemetry.tracing import WORKER_SERVICE, setup_tracing
     from binbaton.service.topics import ensure_topics
-    from binbaton.service.tracing import WORKER_SERVICE, setup_tracing
     from binbaton.workers.worker import run_worker
 
     values = _values(args)

@@ -20,8 +20,13 @@ from aiokafka.structs import TopicPartition
 from binbaton.schemas.codec import InvalidMessage, decode_result, encode, recover_id
 from binbaton.schemas.messages import Request, Result
 from binbaton.service.config import KafkaConfig
+from binbaton.service.telemetry.tracing import (
+    CLIENT_SERVICE,
+    Telemetry,
+    TracingConfig,
+    setup_tracing,
+)
 from binbaton.service.topics import existing_partitions
-from binbaton.service.tracing import CLIENT_SERVICE, Telemetry, TracingConfig, setup_tracing
 from binbaton.service.workload import TraceRow, scale_length
 
 # Words for synthetic prompts of a given length (trace replay): common English, so any

@@ -558,13 +558,13 @@ def resolve_worker_bins(
 
 
 def tracing_config(values: Mapping[str, Any]):  # -> binbaton.service.tracing.TracingConfig
-    from binbaton.service.tracing import TracingConfig
+    from binbaton.service.telemetry.tracing import TracingConfig
 
     return TracingConfig(enabled=values.get("tracing") is not False)
 
 
 def metrics_config(values: Mapping[str, Any]):  # -> binbaton.service.metrics.MetricsConfig
-    from binbaton.service.metrics import MetricsConfig
+    from binbaton.service.telemetry.metrics import MetricsConfig
 
     try:
         return MetricsConfig(port=values.get("metrics_port") or 0)

@@ -53,8 +53,8 @@ from binbaton.schemas.codec import (
     recover_id,
 )
 from binbaton.schemas.messages import BinnedRequest, DeadLetter, ErrorInfo, Result, Timings
-from binbaton.service.metrics import Metrics, update_consumer_lag
-from binbaton.service.tracing import (
+from binbaton.service.telemetry.metrics import Metrics, update_consumer_lag
+from binbaton.service.telemetry.tracing import (
     BIN,
     WORKER_SERVICE,
     GenerationTimeline,

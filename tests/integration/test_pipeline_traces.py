@@ -15,9 +15,9 @@ from binbaton.service.broker import free_port
 from binbaton.service.classifier import run_classifier
 from binbaton.service.client import produce, request_message
 from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
-from binbaton.service.metrics import MetricsConfig
+from binbaton.service.telemetry.metrics import MetricsConfig
+from binbaton.service.telemetry.tracing import TracingConfig
 from binbaton.service.topics import create_service_topics
-from binbaton.service.tracing import TracingConfig
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 pytestmark = pytest.mark.broker

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from binbaton.service.broker import free_port
-from binbaton.service.trace_export import KafkaSpanExporter
-from binbaton.service.tracing import (
+from binbaton.service.telemetry.trace_export import KafkaSpanExporter
+from binbaton.service.telemetry.tracing import (
     CLASSIFIER_SERVICE,
     CLIENT_SERVICE,
     TracingConfig,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from binbaton.service import tracing
-from binbaton.service.tracing import (
+from binbaton.service.telemetry import tracing
+from binbaton.service.telemetry.tracing import (
     CLASSIFIER_SERVICE,
     CLIENT_SERVICE,
     WORKER_SERVICE,

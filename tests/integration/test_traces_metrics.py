@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from binbaton.service.metrics import Metrics, update_consumer_lag
+from binbaton.service.telemetry.metrics import Metrics, update_consumer_lag
 
 pytestmark = pytest.mark.broker
 

@@ -22,15 +22,15 @@ from binbaton.service.broker import free_port
 from binbaton.service.classifier import run_classifier
 from binbaton.service.client import ResultFollower, produce, request_message
 from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
-from binbaton.service.metrics import Metrics, MetricsConfig
-from binbaton.service.topics import create_service_topics
-from binbaton.service.tracing import (
+from binbaton.service.telemetry.metrics import Metrics, MetricsConfig
+from binbaton.service.telemetry.tracing import (
     CLASSIFIER_SERVICE,
     CLIENT_SERVICE,
     WORKER_SERVICE,
     TracingConfig,
     setup_tracing,
 )
+from binbaton.service.topics import create_service_topics
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.engine.async_engine import AsyncEngine
 from binbaton.workers.engine.config import EngineConfig

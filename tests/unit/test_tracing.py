@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from binbaton.schemas.messages import BinnedRequest, ErrorInfo, Request, Result, Usage
-from binbaton.service import tracing
-from binbaton.service.tracing import (
+from binbaton.service.telemetry import tracing
+from binbaton.service.telemetry.tracing import (
     CLASSIFIER_SERVICE,
     CLIENT_SERVICE,
     WORKER_SERVICE,

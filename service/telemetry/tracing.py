@@ -1,6 +1,6 @@
 """OpenTelemetry tracing across the Kafka hops: one adapter from messages to span attributes.
 
-One trace per request (DESIGN.md):
+One trace per request (README's "Observability"):
 
     client      send binbaton.requests                       (PRODUCER, root)
     classifier  process binbaton.requests                    (CONSUMER, child of the send)
@@ -26,6 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from binbaton.schemas.settings import boolean, setting
+from binbaton.schemas.topics import TopicNames
+from binbaton.service.telemetry.trace_export import build_exporters
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import Getter, Setter
@@ -88,7 +91,9 @@ class TracingConfig:
     ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` variable is (the OTel exporter reads it).
     """
 
-    enabled: bool = True
+    enabled: bool = field(default=True, metadata=setting(
+        "OpenTelemetry spans to <prefix>.traces (and OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is "
+        "set); false turns tracing off", flag="tracing", parse=boolean))
     kafka_export: bool = True
     otlp_endpoint: str | None = None
     otlp_protocol: Literal["grpc", "http/protobuf"] | None = None  # None: OTEL_*_PROTOCOL
@@ -567,7 +572,7 @@ def setup_tracing(
     config: TracingConfig,
     *,
     bootstrap_servers: str | None = None,
-    traces_topic: str = "binbaton.traces",
+    traces_topic: str = TopicNames().traces,
     model: str | None = None,
     resource_attributes: Mapping[str, Any] | None = None,
 ) -> Telemetry:
@@ -577,8 +582,6 @@ def setup_tracing(
     """
     if not config.enabled:
         return Telemetry.disabled(service_name)
-    from binbaton.service.trace_export import build_exporters
-
     resource = Resource.create({SERVICE_NAME: service_name, **(resource_attributes or {})})
     provider = TracerProvider(resource=resource)
     exporters = build_exporters(

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
+from aiokafka import AIOKafkaProducer
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.environment_variables import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
@@ -82,8 +83,6 @@ class LoopThread:
 
 def default_producer(bootstrap_servers: str, client_id: str) -> Any:
     """An aiokafka producer for span batches (created on the exporter's own loop)."""
-    from aiokafka import AIOKafkaProducer
-
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers, client_id=client_id, acks=1,
         enable_idempotence=False, linger_ms=20, max_request_size=4 << 20,

@@ -10,9 +10,10 @@ own registry, so several services in one process (``binbaton up``) share one end
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from binbaton.schemas.settings import non_negative_int, setting
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -29,7 +30,9 @@ MODEL_LABEL = "gen_ai_request_model"  # gen_ai.request.model, Prometheus-style
 class MetricsConfig:
     """``port`` 0 turns the endpoint off; ``host`` is the address it binds."""
 
-    port: int = 0
+    port: int = field(default=0, metadata=setting(
+        "Prometheus metrics on this port (0: off); `up`: the classifier's, and worker i of `up` "
+        "takes this port + 1 + i", flag="metrics-port", parse=non_negative_int))
     host: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
