@@ -37,8 +37,9 @@ from binbaton.schemas.codec import (
 from binbaton.schemas.messages import BinnedRequest, DeadLetter, ErrorInfo, Request, Timings
 from binbaton.service.bins import AdaptiveBinner, BinBoundaries, FixedBinner
 from binbaton.service.config import ClassifierConfig, ConfigError, KafkaConfig, TopicsConfig
-from binbaton.service.predictor import DEFAULT_ARTIFACT, LengthPredictor, PredictionInput
-from binbaton.service.predictor import make_predictor as predictor_registry
+from binbaton.service.predictor.interface import LengthPredictor, PredictionInput
+from binbaton.service.predictor.registry import DEFAULT_ARTIFACT
+from binbaton.service.predictor.registry import make_predictor as predictor_registry
 from binbaton.service.telemetry import tracing
 from binbaton.service.telemetry.metrics import Metrics, MetricsConfig, update_consumer_lag
 from binbaton.service.telemetry.tracing import (

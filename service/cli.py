@@ -194,8 +194,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from binbaton.service import client
+    from binbaton.service.app.workload import TRACE_SLICE, load_trace
     from binbaton.service.config import kafka_config, tracing_config
-    from binbaton.service.workload import TRACE_SLICE, load_trace
 
     values = _values(args)
     kafka = kafka_config(values, client_id="binbaton-client")
@@ -449,7 +449,7 @@ def _dispatch(argv: Sequence[str]) -> int | None:
 
         return bench_main(list(argv[1:]))
     if argv and argv[0] == "train-predictor":
-        from binbaton.service.training import main as training_main
+        from binbaton.service.app.train_predictor import main as training_main
 
         return training_main(list(argv[1:]))
     return None

@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from binbaton.schemas.codec import InvalidMessage, decode_result, encode, recover_id
 from binbaton.schemas.messages import Request, Result
+from binbaton.service.app.workload import TraceRow, scale_length
 from binbaton.service.config import KafkaConfig
 from binbaton.service.telemetry.tracing import (
     CLIENT_SERVICE,
@@ -27,7 +28,6 @@ from binbaton.service.telemetry.tracing import (
     setup_tracing,
 )
 from binbaton.service.topics import existing_partitions
-from binbaton.service.workload import TraceRow, scale_length
 
 # Words for synthetic prompts of a given length (trace replay): common English, so any
 # tokenizer spends about one token per word.

@@ -452,8 +452,8 @@ def topics_config(values: Mapping[str, Any]) -> TopicsConfig:
 
 def default_bin_edges(num_bins: int) -> tuple[int, ...]:
     """Equal-mass edges over the output lengths of the Azure trace slice in the repo."""
+    from binbaton.service.app.workload import trace_output_lengths
     from binbaton.service.bins import BinBoundaries
-    from binbaton.service.workload import trace_output_lengths
 
     return BinBoundaries.equal_mass(trace_output_lengths(), num_bins).edges
 

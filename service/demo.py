@@ -31,6 +31,14 @@ from typing import Any
 import msgspec
 import numpy as np
 from binbaton.schemas.messages import Request, Result
+from binbaton.service.app.workload import (
+    PROMPT_SLICE,
+    TRACE_SLICE,
+    PromptRow,
+    TraceRow,
+    load_prompts,
+    load_trace,
+)
 from binbaton.service.bins import BinBoundaries
 from binbaton.service.broker import DEFAULT_PORT, answers_metadata, free_port
 from binbaton.service.client import (
@@ -41,15 +49,7 @@ from binbaton.service.client import (
     trace_requests,
 )
 from binbaton.service.config import ClassifierConfig, kafka_config
-from binbaton.service.training import spearman
-from binbaton.service.workload import (
-    PROMPT_SLICE,
-    TRACE_SLICE,
-    PromptRow,
-    TraceRow,
-    load_prompts,
-    load_trace,
-)
+from binbaton.service.predictor.training import spearman
 
 WORKLOADS = ("prompts", "trace")
 DEMO_REQUESTS = {"prompts": 300, "trace": 200}
@@ -117,8 +117,8 @@ def prompt_bin_edges(settings: Mapping[str, Any], workload: Sequence[Outgoing],
     """The edges the learned predictor was trained and scored with when it has k bins,
     else equal-mass edges over the predictor's predictions for this workload."""
     from binbaton.service.classifier import make_predictor
-    from binbaton.service.learned import LearnedPredictor
-    from binbaton.service.predictor import PredictionInput
+    from binbaton.service.predictor.interface import PredictionInput
+    from binbaton.service.predictor.learned import LearnedPredictor
 
     config = ClassifierConfig(model=settings["model"], bin_edges=(),
                               predictor=settings.get("predictor") or "auto",

@@ -14,8 +14,9 @@ from binbaton.schemas.codec import encode
 from binbaton.schemas.messages import Request, Result, Usage
 from binbaton.service.classifier import Classifier, Router
 from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
-from binbaton.service.learned import LengthModel
-from binbaton.service.predictor import DEFAULT_ARTIFACT, PredictionInput, make_predictor
+from binbaton.service.predictor.interface import PredictionInput
+from binbaton.service.predictor.learned import LengthModel
+from binbaton.service.predictor.registry import DEFAULT_ARTIFACT, make_predictor
 from binbaton.service.topics import create_service_topics
 
 pytestmark = pytest.mark.broker

@@ -9,7 +9,7 @@ from binbaton.schemas.codec import InvalidMessage
 from binbaton.schemas.messages import Request
 from binbaton.service.classifier import Decision, RecentInputs, Router, make_predictor
 from binbaton.service.config import ClassifierConfig, ConfigError
-from binbaton.service.predictor import PredictionInput
+from binbaton.service.predictor.interface import PredictionInput
 from binbaton.workers.engine.tiny import save_tiny_checkpoint
 
 

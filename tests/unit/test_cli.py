@@ -64,8 +64,8 @@ def test_a_bad_environment_value_fails_loudly(capsys, monkeypatch: pytest.Monkey
     assert "$BINBATON_PARTITIONS='many'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("command", "module"), [("bench", "binbaton.bench.cli"),
-                                                 ("train-predictor", "binbaton.service.training")])
+@pytest.mark.parametrize(("command", "module"), [
+    ("bench", "binbaton.bench.cli"), ("train-predictor", "binbaton.service.app.train_predictor")])
 def test_bench_and_training_are_dispatched_with_their_argv(
         command: str, module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 from binbaton.schemas.messages import Request, Result, Timings, Usage
-from binbaton.service.corpus import is_held_out
+from binbaton.service.app.workload import PROMPT_SLICE, load_prompts
 from binbaton.service.demo import (
     DEMO_SPAN_S,
     PROMPT_MAX_TOKENS,
@@ -13,8 +13,8 @@ from binbaton.service.demo import (
     demo_settings,
     summary,
 )
-from binbaton.service.predictor import DEFAULT_ARTIFACT
-from binbaton.service.workload import PROMPT_SLICE, load_prompts
+from binbaton.service.predictor.corpus import is_held_out
+from binbaton.service.predictor.registry import DEFAULT_ARTIFACT
 
 
 def decoded(workload) -> list[Request]:
@@ -43,7 +43,7 @@ def test_prompt_workload_lets_the_model_stop_and_the_learned_edges_bin_it() -> N
     settings = demo_settings({"model": "/m", "bootstrap_servers": "h:1", "bins": 3,
                               "predictor": "auto"}, workload)
     assert settings["predictor"] == "auto"  # the classifier picks the learned predictor
-    from binbaton.service.learned import LengthModel
+    from binbaton.service.predictor.learned import LengthModel
 
     trained = tuple(LengthModel.load(DEFAULT_ARTIFACT).info["bin_edges"])
     assert settings["bin_edges"] == trained and len(trained) == 3  # k = 4 by default
@@ -54,7 +54,8 @@ def test_other_bin_counts_get_equal_mass_edges_over_the_predictions() -> None:
     settings = demo_settings({"model": "/m", "bootstrap_servers": "h:1", "bins": 2,
                               "predictor": "learned"}, workload, bins_given=True)
     (edge,) = settings["bin_edges"]
-    from binbaton.service.predictor import PredictionInput, make_predictor
+    from binbaton.service.predictor.interface import PredictionInput
+    from binbaton.service.predictor.registry import make_predictor
 
     predicted = make_predictor("learned").predict(
         [PredictionInput(r.prompt, (), r.max_tokens) for r in decoded(workload)])

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from binbaton.service.corpus import Example, split_examples
+from binbaton.service.predictor.corpus import Example, split_examples
+from binbaton.workers.engine.tiny import build_tokenizer as train_bpe
 
 SEPARATOR = "\n\n"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
@@ -52,8 +53,6 @@ class DemoModelConfig:
 
 def build_tokenizer(texts: Sequence[str], vocab_size: int):  # -> PreTrainedTokenizerFast
     """A byte-level BPE tokenizer trained on ``texts``; encoding prepends ``<s>``."""
-    from binbaton.workers.engine.tiny import build_tokenizer as train_bpe
-
     return train_bpe(texts, vocab_size, special_tokens=SPECIAL_TOKENS, prepend_bos=True)
 
 

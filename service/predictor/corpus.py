@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HELD_OUT_PERCENT = 10  # every run, every model: the same prompts are held out
+# The project's data sets are not in the repository: they sit in ../shared/data beside it.
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+INSTRUCTIONS = SHARED_DATA / "instructions.jsonl"
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from binbaton.service.features import NUM_DENSE, FeatureBatch, FeatureConfig, Featurizer
-from binbaton.service.predictor import PredictionInput
+from binbaton.service.predictor.features import NUM_DENSE, FeatureBatch, FeatureConfig, Featurizer
+from binbaton.service.predictor.interface import PredictionInput
 
 FORMAT_VERSION = 1
+DEFAULT_LEARNING_RATE = 0.1  # online step size (normalised LMS: 1 fits each example exactly)
 
 
 @dataclass
@@ -189,7 +190,7 @@ class LearnedPredictor:
         self,
         model: LengthModel,
         *,
-        learning_rate: float = 0.1,
+        learning_rate: float = DEFAULT_LEARNING_RATE,
         snapshot_path: Path | None = None,
         snapshot_every: int = 1000,
         step_size: int = 8,

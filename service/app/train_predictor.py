@@ -19,26 +19,32 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from binbaton.service.bins import AdaptiveBinner, BinBoundaries
-from binbaton.service.corpus import load_examples, split_examples
-from binbaton.service.features import FeatureConfig, Featurizer
-from binbaton.service.learned import LearnedPredictor, featurize_in_chunks, fit_ridge
-from binbaton.service.predictor import DEFAULT_ARTIFACT, PredictionInput, load_default_predictor
+from binbaton.service.predictor.corpus import INSTRUCTIONS, load_examples, split_examples
+from binbaton.service.predictor.demo_model import (
+    DemoModelConfig,
+    generated_lengths,
+    train_demo_model,
+)
+from binbaton.service.predictor.interface import PredictionInput
+from binbaton.service.predictor.learned import LearnedPredictor
+from binbaton.service.predictor.registry import (
+    ARTIFACTS,
+    DEFAULT_ARTIFACT,
+    load_default_predictor,
+)
+from binbaton.service.predictor.training import fit_length_model, length_counter, spearman
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instructions.jsonl"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 DEMO_MODEL_DIR = ARTIFACTS / "demo-model"
 
 
 def demo_model_main(argv: list[str]) -> int:
-    from binbaton.service.demo_model import DemoModelConfig, train_demo_model
-
     parser = argparse.ArgumentParser(prog="binbaton train-predictor demo-model")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=INSTRUCTIONS)
     parser.add_argument("--out", type=Path, default=DEMO_MODEL_DIR)
     parser.add_argument("--seconds", type=float, default=600.0, help="training wall-clock budget")
     parser.add_argument("--threads", type=int, default=2)
@@ -72,36 +78,8 @@ def demo_model_main(argv: list[str]) -> int:
     return 0
 
 
-def length_counter(tokenizer_dir: Path):
-    """texts -> lengths in tokens of the served model's tokenizer (no special tokens)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-
-    def count(texts: Sequence[str]) -> np.ndarray:
-        encoded = tokenizer(list(texts), add_special_tokens=False).input_ids
-        return np.array([len(ids) for ids in encoded], dtype=np.int64)
-
-    return count
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1, ties sharing their mean rank (as Spearman needs)."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values))
-    _, groups, sizes = np.unique(values, return_inverse=True, return_counts=True)
-    return (np.bincount(groups, weights=ranks) / sizes)[groups]
-
-
-def spearman(predicted: np.ndarray, actual: np.ndarray) -> float | None:
-    """Rank correlation; None when either side is constant (e.g. the max_tokens baseline)."""
-    if np.all(predicted == predicted[0]) or np.all(actual == actual[0]):
-        return None
-    return float(np.corrcoef(average_ranks(predicted), average_ranks(actual))[0, 1])
-
-
-def evaluate(predicted: np.ndarray, actual: np.ndarray, boundaries: BinBoundaries) -> dict:
+def evaluate(predicted: np.ndarray, actual: np.ndarray,
+             boundaries: BinBoundaries) -> dict[str, Any]:
     """MAE (tokens), Spearman, and how often the predicted bin is the actual one."""
     predicted_bins = np.array([boundaries.bin_of(int(p)) for p in predicted])
     actual_bins = np.array([boundaries.bin_of(int(a)) for a in actual])
@@ -118,7 +96,7 @@ def train_main(argv: list[str]) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL (prompt, response)")
+    parser.add_argument("--data", type=Path, default=INSTRUCTIONS, help="JSONL (prompt, response)")
     parser.add_argument("--model", type=Path, default=None, help="served model (its tokenizer)")
     parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer dir (over --model)")
     parser.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT, help="model file (.npz)")
@@ -140,12 +118,8 @@ def train_main(argv: list[str]) -> int:
     train_lengths = count([ex.response for ex in train])
     held_out_lengths = count([ex.response for ex in held_out])
 
-    config = FeatureConfig()
-    featurizer = Featurizer(config)
-    features = featurize_in_chunks(featurizer, [ex.prompt for ex in train])
-    model = fit_ridge(
-        features, np.log1p(train_lengths), config, l2=args.l2, iterations=args.iterations
-    )
+    model = fit_length_model([ex.prompt for ex in train], train_lengths, l2=args.l2,
+                             iterations=args.iterations)
     boundaries = BinBoundaries.equal_mass(train_lengths.tolist(), args.bins)
     # measured through the predictor the classifier (and `binbaton predict`) uses
     predictor = LearnedPredictor(model)
@@ -179,7 +153,7 @@ def train_main(argv: list[str]) -> int:
 def bench_main(argv: list[str]) -> int:
     """Requests/s of the classifier's decision path: features + predict + bin, batched."""
     parser = argparse.ArgumentParser(prog="binbaton train-predictor bench-predict")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=INSTRUCTIONS)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=256, help="requests per predict() call")
     parser.add_argument("--repeats", type=int, default=3, help="best of N timed passes")
@@ -188,7 +162,7 @@ def bench_main(argv: list[str]) -> int:
     prompts = [prompts[i % len(prompts)] for i in range(args.requests)]
     inputs = [PredictionInput(prompt, (), 1024) for prompt in prompts]
     predictor = load_default_predictor()
-    trained_edges = getattr(predictor, "model", None) and predictor.model.info.get("bin_edges")
+    trained_edges = predictor.model.info.get("bin_edges")
     binner = AdaptiveBinner(BinBoundaries(tuple(trained_edges or (32, 64, 128))))
     predictor.predict(inputs[: args.batch])  # warm-up (allocations, power tables)
     timings = []
@@ -215,10 +189,8 @@ def bench_main(argv: list[str]) -> int:
 
 def demo_eval_main(argv: list[str]) -> int:
     """Mean greedy output length (HF generate) per prompt source, on held-out prompts."""
-    from binbaton.service.demo_model import generated_lengths
-
     parser = argparse.ArgumentParser(prog="binbaton train-predictor demo-eval")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=INSTRUCTIONS)
     parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
     parser.add_argument("--per-source", type=int, default=24)
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -243,7 +215,7 @@ def demo_eval_main(argv: list[str]) -> int:
 def held_out_main(argv: list[str]) -> int:
     """Write the held-out prompts as Request JSON lines (for ``binbaton predict``)."""
     parser = argparse.ArgumentParser(prog="binbaton train-predictor held-out")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=INSTRUCTIONS)
     parser.add_argument("--max-tokens", type=int, default=256)
     args = parser.parse_args(argv)
     _, held_out = split_examples(load_examples(args.data))
@@ -257,7 +229,7 @@ def score_main(argv: list[str]) -> int:
     """Metrics of ``binbaton predict`` output on the held-out requests (joined by id)."""
     parser = argparse.ArgumentParser(prog="binbaton train-predictor score")
     parser.add_argument("predictions", type=Path, help="binbaton predict output (JSON lines)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=INSTRUCTIONS)
     parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR, help="its tokenizer")
     parser.add_argument("--bins", type=int, default=4)
     args = parser.parse_args(argv)

@@ -18,9 +18,9 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 
-from binbaton.service.corpus import Example, load_examples, split_examples
+from binbaton.service.predictor.corpus import Example, load_examples, split_examples
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # service/data/
 TRACE_SLICE = DATA_DIR / "azure_llm_2023_conv_slice.csv"
 PROMPT_SLICE = DATA_DIR / "instructions_held_out.jsonl"
 
