@@ -187,8 +187,8 @@ async def through_kafka(
     progress: bool,
     timeout: float,
 ) -> Measurement:
-    from binbaton.service.client import ResultFollower, produce, request_message
-    from binbaton.service.config import KafkaConfig
+    from binbaton.service.kafka.client import ResultFollower, produce, request_message
+    from binbaton.service.kafka.config import KafkaConfig
 
     kafka = KafkaConfig(bootstrap_servers=bootstrap, client_id="binbaton-bench")
     requests_topic, results_topic = "bench.requests", "bench.results"
@@ -239,7 +239,7 @@ def equal_mass_edges(workload: Workload, bins: int) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> BenchResult:
-    from binbaton.service.broker import free_port
+    from binbaton.service.kafka.broker import free_port
 
     if args.batch < 1 or args.bins < 1 or args.repeat < 1:
         raise ValueError("--batch, --bins and --repeat must be >= 1")

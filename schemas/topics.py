@@ -23,6 +23,11 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def prefix_of(topic: str) -> str:
+    """The prefix of a name built here (``p.requests`` -> ``p``)."""
+    return topic.rsplit(".", 2 if ".bin." in topic else 1)[0]
+
+
 @dataclass(frozen=True)
 class TopicNames:
     """The names under one prefix."""

@@ -36,7 +36,9 @@ from binbaton.schemas.codec import (
 )
 from binbaton.schemas.messages import BinnedRequest, DeadLetter, ErrorInfo, Request, Timings
 from binbaton.service.bins import AdaptiveBinner, BinBoundaries, FixedBinner
-from binbaton.service.config import ClassifierConfig, ConfigError, KafkaConfig, TopicsConfig
+from binbaton.service.config import ClassifierConfig, ConfigError
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig
 from binbaton.service.predictor.interface import LengthPredictor, PredictionInput
 from binbaton.service.predictor.registry import DEFAULT_ARTIFACT
 from binbaton.service.predictor.registry import make_predictor as predictor_registry
@@ -645,7 +647,7 @@ async def run_classifier(
 
     With ``tracing_config`` (enabled), spans go to the traces topic (and OTLP if set);
     with ``metrics_config`` (a port), Prometheus metrics are served there."""
-    from binbaton.service.topics import create_service_topics
+    from binbaton.service.kafka.topics import create_service_topics
 
     await create_service_topics(kafka.bootstrap_servers, topics)
     router = await asyncio.to_thread(Router.from_config, config)

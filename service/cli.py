@@ -93,7 +93,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from binbaton.service.broker import EmbeddedBroker
+    from binbaton.service.kafka.broker import EmbeddedBroker
 
     values = _values(args)
     broker = EmbeddedBroker(port=values["broker_port"], quiet=not args.verbose)
@@ -112,7 +112,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_topics(args: argparse.Namespace) -> int:
     from binbaton.service.config import bootstrap_of, topics_config
-    from binbaton.service.topics import create_service_topics
+    from binbaton.service.kafka.topics import create_service_topics
 
     values = _values(args)
     created = asyncio.run(create_service_topics(bootstrap_of(values), topics_config(values)))
@@ -160,9 +160,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         tracing_config,
         worker_config,
     )
+    from binbaton.service.kafka.topics import ensure_topics
     from binbaton.service.telemetry.metrics import Metrics
     from binbaton.service.telemetry.tracing import WORKER_SERVICE, setup_tracing
-    from binbaton.service.topics import ensure_topics
     from binbaton.workers.worker import run_worker
 
     values = _values(args)
@@ -193,9 +193,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from binbaton.service import client
+    from binbaton.service.app import workload
     from binbaton.service.app.workload import TRACE_SLICE, load_trace
     from binbaton.service.config import kafka_config, tracing_config
+    from binbaton.service.kafka import client
 
     values = _values(args)
     kafka = kafka_config(values, client_id="binbaton-client")
@@ -215,7 +216,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         messages = [client.raw_message(line) for line in lines[: args.count]]
     else:
         rows = load_trace(TRACE_SLICE if args.trace == "slice" else args.trace, limit=args.count)
-        messages = client.trace_requests(
+        messages = workload.trace_requests(
             rows, length_scale=args.length_scale, time_scale=args.time_scale,
             max_tokens_cap=args.max_tokens_cap, context_cap=args.context_cap,
             ignore_eos=args.ignore_eos or args.trace is not None)
@@ -229,8 +230,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from binbaton.schemas.codec import encode
-    from binbaton.service.client import ResultFollower
     from binbaton.service.config import kafka_config
+    from binbaton.service.kafka.client import ResultFollower
 
     values = _values(args)
     kafka = kafka_config(values, client_id="binbaton-results")

@@ -16,69 +16,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from binbaton.schemas.settings import (
+    ConfigError,
+    boolean,
+    int_list,
+    non_empty,
+    non_negative_int,
+    one_of,
+    positive_float,
+    positive_int,
+)
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig
+
 ENV_PREFIX = "BINBATON_"
-
-
-class ConfigError(ValueError):
-    """A setting has a bad value; the message names where it came from."""
-
-
-# ---------------------------------------------------------------------------------------
-# Value parsers (str -> typed value); they raise ValueError with a readable reason.
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(f"must be > 0, got {value}")
-    return value
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """'0,2' -> (0, 2); empty -> ()."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    try:
-        return tuple(int(p) for p in parts)
-    except ValueError as exc:
-        raise ValueError(f"must be comma-separated integers, got {text!r}") from exc
-
-
-def non_empty(text: str) -> str:
-    if not text.strip():
-        raise ValueError("must not be empty")
-    return text.strip()
-
-
-def boolean(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"must be true/false, got {text!r}")
-
-
-def one_of(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}; got {text!r}")
-        return text
-
-    return parse
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,132 +196,6 @@ def env_flag_names() -> list[str]:
 
 
 @dataclass(frozen=True)
-class KafkaConfig:
-    """Client settings that work on the embedded broker (no idempotence, no transactions)."""
-
-    bootstrap_servers: str = "127.0.0.1:9092"
-    client_id: str = "binbaton"
-    acks: str = "all"
-    linger_ms: int = 5
-    request_timeout_ms: int = 30_000
-    max_request_size: int = 8 << 20  # producer: largest message it will send
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 2_000
-    max_poll_interval_ms: int = 300_000
-    auto_offset_reset: str = "earliest"
-
-    def __post_init__(self) -> None:
-        servers = [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
-        if not servers or any(":" not in s for s in servers):
-            raise ConfigError(
-                f"bootstrap_servers must be HOST:PORT[,HOST:PORT…], got {self.bootstrap_servers!r}"
-            )
-        if self.acks not in ("all", "1", "0"):
-            raise ConfigError(f"acks must be all, 1 or 0, got {self.acks!r}")
-        if self.auto_offset_reset not in ("earliest", "latest"):
-            raise ConfigError(f"auto_offset_reset must be earliest|latest, "
-                              f"got {self.auto_offset_reset!r}")
-        for name in ("linger_ms",):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0")
-        for name in ("request_timeout_ms", "max_request_size", "session_timeout_ms",
-                     "heartbeat_interval_ms", "max_poll_interval_ms"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
-        if self.heartbeat_interval_ms >= self.session_timeout_ms:
-            raise ConfigError("heartbeat_interval_ms must be below session_timeout_ms")
-
-    def producer_kwargs(self, client_id: str | None = None) -> dict[str, Any]:
-        """AIOKafkaProducer arguments: acks=all, no idempotence, no transactions."""
-        return {
-            "bootstrap_servers": self.bootstrap_servers,
-            "client_id": client_id or self.client_id,
-            "acks": "all" if self.acks == "all" else int(self.acks),
-            "enable_idempotence": False,
-            "linger_ms": self.linger_ms,
-            "request_timeout_ms": self.request_timeout_ms,
-            "max_request_size": self.max_request_size,
-        }
-
-    def consumer_kwargs(self, group_id: str | None, client_id: str | None = None) -> dict[str, Any]:
-        """AIOKafkaConsumer arguments: manual commits, reading from the earliest offset."""
-        return {
-            "bootstrap_servers": self.bootstrap_servers,
-            "client_id": client_id or self.client_id,
-            "group_id": group_id,
-            "enable_auto_commit": False,
-            "auto_offset_reset": self.auto_offset_reset,
-            "request_timeout_ms": self.request_timeout_ms,
-            "session_timeout_ms": self.session_timeout_ms,
-            "heartbeat_interval_ms": self.heartbeat_interval_ms,
-            "max_poll_interval_ms": self.max_poll_interval_ms,
-            "fetch_max_bytes": max(52_428_800, self.max_request_size),
-            "max_partition_fetch_bytes": max(1_048_576, self.max_request_size),
-        }
-
-
-@dataclass(frozen=True)
-class TopicsConfig:
-    """Topic names (from the prefix) and partition counts."""
-
-    prefix: str = "binbaton"
-    num_bins: int = 3
-    requests_partitions: int = 2
-    bin_partitions: int = 2
-    results_partitions: int = 2
-
-    def __post_init__(self) -> None:
-        if not self.prefix or any(c not in _TOPIC_CHARS for c in self.prefix):
-            raise ConfigError(f"topic prefix must be non-empty [a-zA-Z0-9._-], got {self.prefix!r}")
-        if self.num_bins < 1:
-            raise ConfigError(f"num_bins must be >= 1, got {self.num_bins}")
-        for name in ("requests_partitions", "bin_partitions", "results_partitions"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    @property
-    def requests(self) -> str:
-        return f"{self.prefix}.requests"
-
-    def bin(self, index: int) -> str:
-        if not 0 <= index < self.num_bins:
-            raise ConfigError(f"bin {index} out of range 0..{self.num_bins - 1}")
-        return f"{self.prefix}.bin.{index}"
-
-    @property
-    def bins(self) -> tuple[str, ...]:
-        return tuple(self.bin(i) for i in range(self.num_bins))
-
-    @property
-    def results(self) -> str:
-        return f"{self.prefix}.results"
-
-    @property
-    def dlq(self) -> str:
-        return f"{self.prefix}.dlq"
-
-    @property
-    def traces(self) -> str:
-        return f"{self.prefix}.traces"
-
-    def worker_group(self, index: int) -> str:
-        """Consumer group of the workers serving bin ``index``."""
-        return f"{self.prefix}.worker.bin-{index}"
-
-    @property
-    def classifier_group(self) -> str:
-        return f"{self.prefix}.classifier"
-
-    @property
-    def feedback_group(self) -> str:
-        """The classifier's group on the results topic (learning from actual lengths)."""
-        return f"{self.prefix}.classifier.feedback"
-
-
-_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
-@dataclass(frozen=True)
 class ClassifierConfig:
     """How the classifier validates, predicts and routes."""
 
@@ -440,13 +265,10 @@ def topics_config(values: Mapping[str, Any]) -> TopicsConfig:
     if edges is not None and values.get("bins") not in (None, 3, num_bins):
         raise ConfigError(f"--bins {values['bins']} disagrees with --bin-edges {edges} "
                           f"({num_bins} bins)")
-    partitions = values.get("partitions") or 2
     return TopicsConfig(
         prefix=values.get("topic_prefix") or "binbaton",
         num_bins=num_bins,
-        requests_partitions=partitions,
-        bin_partitions=partitions,
-        results_partitions=partitions,
+        partitions=values.get("partitions") or 2,
     )
 
 

@@ -38,17 +38,12 @@ from binbaton.service.app.workload import (
     TraceRow,
     load_prompts,
     load_trace,
-)
-from binbaton.service.bins import BinBoundaries
-from binbaton.service.broker import DEFAULT_PORT, answers_metadata, free_port
-from binbaton.service.client import (
-    Outgoing,
-    ResultFollower,
-    produce,
-    request_message,
     trace_requests,
 )
+from binbaton.service.bins import BinBoundaries
 from binbaton.service.config import ClassifierConfig, kafka_config
+from binbaton.service.kafka.broker import DEFAULT_PORT, answers_metadata, free_port
+from binbaton.service.kafka.client import Outgoing, ResultFollower, produce, request_message
 from binbaton.service.predictor.training import spearman
 
 WORKLOADS = ("prompts", "trace")

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from binbaton.service.broker import EmbeddedBroker
 from binbaton.service.classifier import run_classifier
 from binbaton.service.config import (
     ENGINE_FLAGS,
@@ -35,7 +34,8 @@ from binbaton.service.config import (
     tracing_config,
     unique,
 )
-from binbaton.service.topics import create_service_topics
+from binbaton.service.kafka.broker import EmbeddedBroker
+from binbaton.service.kafka.topics import create_service_topics
 
 log = logging.getLogger("binbaton.up")
 

@@ -613,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     The product's entry point is ``binbaton worker`` (service/cli.py), which reads the
     ``BINBATON_*`` environment too.
     """
-    from binbaton.service.config import KafkaConfig
+    from binbaton.service.kafka.config import KafkaConfig
     from binbaton.workers.engine.config import EngineConfig
 
     parser = argparse.ArgumentParser(prog="python -m binbaton.workers.worker")

@@ -1,4 +1,5 @@
-"""Workloads: the Azure LLM inference trace (arrivals and lengths) and instruction prompts.
+"""Workloads: the Azure LLM inference trace (arrivals and lengths) and instruction prompts,
+and the requests made from them (``binbaton produce --trace``, ``binbaton demo``).
 
 The repo keeps, in ``service/data/`` (see its README), so the demo runs without the shared
 data folder: the first 1,000 rows of ``azure_llm_2023_conv.csv`` (Patel et al.,
@@ -18,11 +19,21 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 
+from binbaton.schemas.messages import Request
+from binbaton.service.kafka.client import Outgoing, request_message
 from binbaton.service.predictor.corpus import Example, load_examples, split_examples
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # service/data/
 TRACE_SLICE = DATA_DIR / "azure_llm_2023_conv_slice.csv"
 PROMPT_SLICE = DATA_DIR / "instructions_held_out.jsonl"
+
+# Words for synthetic prompts of a given length (trace replay): common English, so any
+# tokenizer spends about one token per word.
+WORDS = (
+    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "then", "runs",
+    "far", "away", "from", "home", "to", "see", "what", "is", "new", "in", "town", "today",
+    "with", "friends", "who", "like", "tea", "cake", "rain", "sun", "sea", "song",
+)
 
 
 @dataclass(frozen=True)
@@ -121,3 +132,44 @@ def write_prompt_slice(corpus: Path, out: Path = PROMPT_SLICE, count: int = 300,
         for example in picked:
             handle.write(json.dumps({"source": example.source, "prompt": example.prompt}) + "\n")
     return len(picked)
+
+
+def synthetic_prompt(words: int, rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(max(1, words)))
+
+
+def trace_requests(
+    rows: Sequence[TraceRow],
+    length_scale: float = 1.0,
+    context_scale: float | None = None,
+    max_tokens_cap: int | None = None,
+    context_cap: int | None = None,
+    time_scale: float = 1.0,
+    ignore_eos: bool = True,
+    id_prefix: str = "trace",
+    seed: int = 0,
+) -> list[Outgoing]:
+    """The trace as requests: arrivals divided by ``time_scale`` (2 = twice as fast),
+    output lengths (max_tokens and ``metadata.length_hint``) and prompt lengths scaled
+    down for this machine. ``ignore_eos`` makes each answer exactly its trace length."""
+    if time_scale <= 0 or length_scale <= 0:
+        raise ValueError("time_scale and length_scale must be > 0")
+    context_scale = length_scale if context_scale is None else context_scale
+    rng = random.Random(seed)
+    messages: list[Outgoing] = []
+    for index, row in enumerate(rows):
+        max_tokens = scale_length(row.generated_tokens, length_scale)
+        if max_tokens_cap is not None:
+            max_tokens = min(max_tokens, max_tokens_cap)
+        words = scale_length(row.context_tokens, context_scale)
+        if context_cap is not None:
+            words = min(words, context_cap)
+        request = Request(
+            id=f"{id_prefix}-{index:05d}",
+            prompt=synthetic_prompt(words, rng),
+            max_tokens=max_tokens,
+            ignore_eos=ignore_eos,
+            metadata={"length_hint": str(max_tokens), "trace_row": str(index)},
+        )
+        messages.append(request_message(request, at_s=row.arrival_s / time_scale))
+    return messages

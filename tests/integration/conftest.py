@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-from binbaton.service.broker import EmbeddedBroker, free_port
-from binbaton.service.config import TopicsConfig
-from binbaton.service.topics import create_service_topics, ensure_topics
+from binbaton.service.kafka.broker import EmbeddedBroker, free_port
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics, ensure_topics
 
 
 @pytest.fixture(scope="session")

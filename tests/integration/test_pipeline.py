@@ -17,10 +17,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from binbaton.schemas.codec import decode_dead_letter, encode
 from binbaton.schemas.messages import DeadLetter, Request
 from binbaton.service.classifier import Classifier, Decision, Router
-from binbaton.service.client import ResultFollower
-from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
+from binbaton.service.config import ClassifierConfig
+from binbaton.service.kafka.client import ResultFollower
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
 from binbaton.service.supervisor import split_bins
-from binbaton.service.topics import create_service_topics
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.engine.async_engine import AsyncEngine
 from binbaton.workers.engine.config import EngineConfig

@@ -13,11 +13,12 @@ from aiokafka import AIOKafkaProducer
 from binbaton.schemas.codec import encode
 from binbaton.schemas.messages import Request, Result, Usage
 from binbaton.service.classifier import Classifier, Router
-from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
+from binbaton.service.config import ClassifierConfig
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
 from binbaton.service.predictor.interface import PredictionInput
 from binbaton.service.predictor.learned import LengthModel
 from binbaton.service.predictor.registry import DEFAULT_ARTIFACT, make_predictor
-from binbaton.service.topics import create_service_topics
 
 pytestmark = pytest.mark.broker
 

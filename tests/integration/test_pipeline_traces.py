@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from binbaton.schemas.messages import Request
-from binbaton.service.broker import free_port
 from binbaton.service.classifier import run_classifier
-from binbaton.service.client import produce, request_message
-from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
+from binbaton.service.config import ClassifierConfig
+from binbaton.service.kafka.broker import free_port
+from binbaton.service.kafka.client import produce, request_message
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
 from binbaton.service.telemetry.metrics import MetricsConfig
 from binbaton.service.telemetry.tracing import TracingConfig
-from binbaton.service.topics import create_service_topics
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 pytestmark = pytest.mark.broker

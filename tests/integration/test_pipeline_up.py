@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from binbaton.schemas.messages import Request
-from binbaton.service.broker import answers_metadata, free_port
-from binbaton.service.client import ResultFollower, produce, request_message
-from binbaton.service.config import KafkaConfig
+from binbaton.service.kafka.broker import answers_metadata, free_port
+from binbaton.service.kafka.client import ResultFollower, produce, request_message
+from binbaton.service.kafka.config import KafkaConfig
 
 pytestmark = pytest.mark.broker
 

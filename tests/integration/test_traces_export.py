@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from binbaton.service.broker import free_port
+from binbaton.service.kafka.broker import free_port
 from binbaton.service.telemetry.trace_export import KafkaSpanExporter
 from binbaton.service.telemetry.tracing import (
     CLASSIFIER_SERVICE,

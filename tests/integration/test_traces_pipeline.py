@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from binbaton.schemas.messages import Request, Result
-from binbaton.service.broker import free_port
 from binbaton.service.classifier import run_classifier
-from binbaton.service.client import ResultFollower, produce, request_message
-from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
+from binbaton.service.config import ClassifierConfig
+from binbaton.service.kafka.broker import free_port
+from binbaton.service.kafka.client import ResultFollower, produce, request_message
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
 from binbaton.service.telemetry.metrics import Metrics, MetricsConfig
 from binbaton.service.telemetry.tracing import (
     CLASSIFIER_SERVICE,
@@ -30,7 +32,6 @@ from binbaton.service.telemetry.tracing import (
     TracingConfig,
     setup_tracing,
 )
-from binbaton.service.topics import create_service_topics
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.engine.async_engine import AsyncEngine
 from binbaton.workers.engine.config import EngineConfig

@@ -20,7 +20,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from binbaton.schemas.codec import decode_dead_letter, decode_result, encode
 from binbaton.schemas.messages import BinnedRequest, Request, Result
-from binbaton.service.config import KafkaConfig, TopicsConfig
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.engine.async_engine import AsyncEngine
 from binbaton.workers.engine.config import EngineConfig

@@ -143,7 +143,7 @@ def test_every_binbaton_variable_is_read_by_the_command_the_service_runs(
 
 
 def test_topic_names_match_the_code(services: dict[str, Any]) -> None:
-    from binbaton.service.config import TopicsConfig
+    from binbaton.service.kafka.topics import TopicsConfig
 
     prefixes = {environment(s)["BINBATON_TOPIC_PREFIX"] for s in services.values()
                 if "BINBATON_TOPIC_PREFIX" in environment(s)}

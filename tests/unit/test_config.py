@@ -9,13 +9,13 @@ from binbaton.service.config import (
     FLAGS,
     ClassifierConfig,
     ConfigError,
-    KafkaConfig,
-    TopicsConfig,
     add_flags,
     classifier_config,
     resolve,
     topics_config,
 )
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig
 
 
 def parse(argv: list[str], names: list[str]) -> argparse.Namespace:

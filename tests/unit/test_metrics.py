@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 from binbaton.schemas.messages import ErrorInfo, Result, Timings, Usage
-from binbaton.service.broker import free_port
+from binbaton.service.kafka.broker import free_port
 from binbaton.service.telemetry.metrics import Metrics, MetricsConfig
 from prometheus_client.parser import text_string_to_metric_families
 

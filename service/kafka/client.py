@@ -1,4 +1,4 @@
-"""A client of the service: produce requests (prompt, JSONL, trace replay), follow results.
+"""A client of the service: produce requests, follow results.
 
 Results are read by assigning every partition of the results topic (no consumer group,
 nothing committed), so any number of clients can follow them; each de-duplicates by id
@@ -8,10 +8,9 @@ nothing committed), so any number of clients can follow them; each de-duplicates
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -19,22 +18,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from binbaton.schemas.codec import InvalidMessage, decode_result, encode, recover_id
 from binbaton.schemas.messages import Request, Result
-from binbaton.service.app.workload import TraceRow, scale_length
-from binbaton.service.config import KafkaConfig
+from binbaton.schemas.topics import TopicNames, prefix_of
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import existing_partitions
 from binbaton.service.telemetry.tracing import (
     CLIENT_SERVICE,
     Telemetry,
     TracingConfig,
     setup_tracing,
-)
-from binbaton.service.topics import existing_partitions
-
-# Words for synthetic prompts of a given length (trace replay): common English, so any
-# tokenizer spends about one token per word.
-WORDS = (
-    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "then", "runs",
-    "far", "away", "from", "home", "to", "see", "what", "is", "new", "in", "town", "today",
-    "with", "friends", "who", "like", "tea", "cake", "rain", "sun", "sea", "song",
 )
 
 
@@ -64,47 +55,6 @@ def prompt_request(
                    **fields)  # type: ignore[arg-type]
 
 
-def synthetic_prompt(words: int, rng: random.Random) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(max(1, words)))
-
-
-def trace_requests(
-    rows: Sequence[TraceRow],
-    length_scale: float = 1.0,
-    context_scale: float | None = None,
-    max_tokens_cap: int | None = None,
-    context_cap: int | None = None,
-    time_scale: float = 1.0,
-    ignore_eos: bool = True,
-    id_prefix: str = "trace",
-    seed: int = 0,
-) -> list[Outgoing]:
-    """The trace as requests: arrivals divided by ``time_scale`` (2 = twice as fast),
-    output lengths (max_tokens and ``metadata.length_hint``) and prompt lengths scaled
-    down for this machine. ``ignore_eos`` makes each answer exactly its trace length."""
-    if time_scale <= 0 or length_scale <= 0:
-        raise ValueError("time_scale and length_scale must be > 0")
-    context_scale = length_scale if context_scale is None else context_scale
-    rng = random.Random(seed)
-    messages: list[Outgoing] = []
-    for index, row in enumerate(rows):
-        max_tokens = scale_length(row.generated_tokens, length_scale)
-        if max_tokens_cap is not None:
-            max_tokens = min(max_tokens, max_tokens_cap)
-        words = scale_length(row.context_tokens, context_scale)
-        if context_cap is not None:
-            words = min(words, context_cap)
-        request = Request(
-            id=f"{id_prefix}-{index:05d}",
-            prompt=synthetic_prompt(words, rng),
-            max_tokens=max_tokens,
-            ignore_eos=ignore_eos,
-            metadata={"length_hint": str(max_tokens), "trace_row": str(index)},
-        )
-        messages.append(request_message(request, at_s=row.arrival_s / time_scale))
-    return messages
-
-
 async def produce(
     kafka: KafkaConfig,
     topic: str,
@@ -123,7 +73,7 @@ async def produce(
     if tracing_config is not None and tracing_config.enabled:
         telemetry = setup_tracing(CLIENT_SERVICE, tracing_config,
                                   bootstrap_servers=kafka.bootstrap_servers,
-                                  traces_topic=topic.rsplit(".", 1)[0] + ".traces")
+                                  traces_topic=TopicNames(prefix_of(topic)).traces)
     producer = AIOKafkaProducer(**kafka.producer_kwargs("binbaton-client"))
     await producer.start()
     try:

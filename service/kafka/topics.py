@@ -4,14 +4,49 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
-from binbaton.service.config import TopicsConfig
+from binbaton.schemas.settings import ConfigError, positive_int, setting
+from binbaton.schemas.topics import TopicNames
 
 
 class TopicError(RuntimeError):
     """A topic could not be created, or exists with fewer partitions than asked for."""
+
+
+@dataclass(frozen=True)
+class TopicsConfig(TopicNames):
+    """The service's topics: their names, how many bins, and the partitions of each."""
+
+    num_bins: int = field(default=3, metadata=setting(
+        "number of length bins k (topics bin.0 … bin.{k-1})", flag="bins", parse=positive_int))
+    partitions: int = field(default=2, metadata=setting(
+        "partitions of the requests, bin and results topics", parse=positive_int))
+    requests_partitions: int = 0  # 0: `partitions`
+    bin_partitions: int = 0
+    results_partitions: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_bins", "partitions"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("requests_partitions", "bin_partitions", "results_partitions"):
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, self.partitions)
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def bin(self, index: int) -> str:
+        if not 0 <= index < self.num_bins:
+            raise ConfigError(f"bin {index} out of range 0..{self.num_bins - 1}")
+        return super().bin(index)
+
+    @property
+    def bins(self) -> tuple[str, ...]:
+        return tuple(self.bin(i) for i in range(self.num_bins))
 
 
 def topic_plan(topics: TopicsConfig) -> dict[str, int]:

@@ -14,11 +14,20 @@ import socket
 import struct
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from binbaton.schemas.settings import positive_int, setting
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    port: int = field(default=DEFAULT_PORT, metadata=setting(
+        "port of the embedded broker", flag="broker-port", parse=positive_int))
 
 
 class BrokerError(RuntimeError):
