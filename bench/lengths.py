@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from binbaton.bench.workload import BenchRequest
-from binbaton.service.bins import BinBoundaries
+from binbaton.service.classifier.bins import BinBoundaries
 from binbaton.service.predictor.interface import LengthPredictor, PredictionInput
 from binbaton.service.predictor.registry import make_predictor as registry_predictor
 

@@ -36,7 +36,7 @@ from binbaton.bench.workload import (
     add_workload_arguments,
     build_workload,
 )
-from binbaton.service.bins import BinBoundaries
+from binbaton.service.classifier.bins import BinBoundaries
 from tqdm import tqdm
 
 READY_PREFIX = "ready bootstrap="

@@ -122,7 +122,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_classifier(args: argparse.Namespace) -> int:
-    from binbaton.service.classifier import run_classifier
+    from binbaton.service.classifier.service import run_classifier
     from binbaton.service.config import (
         classifier_config,
         kafka_config,
@@ -265,7 +265,7 @@ PREDICT_BATCH = 256  # stdin lines decided together by `binbaton predict`
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from binbaton.service.classifier import Router
+    from binbaton.service.classifier.router import Router
     from binbaton.service.config import classifier_config
 
     values = _values(args)
@@ -304,6 +304,7 @@ def predict_rows(router: Any, lines: Sequence[bytes]) -> list[dict[str, Any]]:
     """One output row per line, in order: the decision, or an error object (a bad line
     never stops the others)."""
     from binbaton.schemas.codec import InvalidMessage, decode_request
+    from binbaton.service.classifier.router import decide_guarded
 
     outcomes: list[Any] = []
     valid: list[tuple[int, Any]] = []
@@ -313,33 +314,14 @@ def predict_rows(router: Any, lines: Sequence[bytes]) -> list[dict[str, Any]]:
             outcomes.append(None)
         except InvalidMessage as exc:
             outcomes.append(exc)
-    for (index, _), outcome in zip(valid, _decide_guarded(router, [r for _, r in valid]),
+    for (index, _), outcome in zip(valid, decide_guarded(router, [r for _, r in valid]),
                                    strict=True):
         outcomes[index] = outcome
     return [_predict_row(outcome) for outcome in outcomes]
 
 
-def _decide_guarded(router: Any, requests: list[Any]) -> list[Any]:
-    """``router.decide`` for the batch; if it fails (a bug, not bad input), one by one,
-    and a request that still fails gets an ``internal`` error."""
-    from binbaton.schemas.codec import InvalidMessage
-
-    try:
-        return router.decide(requests) if requests else []
-    except Exception:
-        log.exception("deciding a batch of %d failed; deciding one by one", len(requests))
-    outcomes = []
-    for request in requests:
-        try:
-            outcomes += router.decide([request])
-        except Exception as exc:
-            outcomes.append(InvalidMessage("internal", f"the decision failed: {exc!r}",
-                                           request.id))
-    return outcomes
-
-
 def _predict_row(outcome: Any) -> dict[str, Any]:
-    from binbaton.service.classifier import Decision
+    from binbaton.service.classifier.router import Decision
 
     if isinstance(outcome, Decision):
         return {"id": outcome.request.id, "predicted_tokens": outcome.predicted_tokens,

@@ -10,7 +10,6 @@ and the engine's EngineConfig and the worker's WorkerConfig.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from binbaton.schemas.settings import (
     positive_float,
     positive_int,
 )
+from binbaton.service.classifier.config import ClassifierConfig
 from binbaton.service.kafka.config import KafkaConfig
 from binbaton.service.kafka.topics import TopicsConfig
 
@@ -196,51 +196,6 @@ def env_flag_names() -> list[str]:
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
-    """How the classifier validates, predicts and routes."""
-
-    model: str
-    bin_edges: tuple[int, ...]
-    predictor: str = "max_tokens"  # auto | learned | max_tokens | oracle
-    predictor_path: str | None = None
-    predictor_snapshot: str | None = None
-    predictor_learning_rate: float = 0.1
-    binner: str = "fixed"  # fixed | adaptive
-    max_tokens_limit: int = 4096
-    max_model_len: int | None = None  # None: the model's own context length
-    batch_size: int = 64
-    poll_timeout_ms: int = 200
-    max_request_bytes: int = 1 << 20
-    observe_cache: int = 100_000
-    learn_from_results: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ConfigError("the classifier needs --model (its tokenizer decides prompt lengths)")
-        edges = self.bin_edges
-        if any(e < 1 for e in edges) or any(b <= a for a, b in itertools.pairwise(edges)):
-            raise ConfigError(f"bin edges must be increasing positive integers, got {edges}")
-        for name in ("max_tokens_limit", "batch_size", "poll_timeout_ms", "max_request_bytes",
-                     "observe_cache"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.predictor not in ("auto", "learned", "max_tokens", "oracle"):
-            raise ConfigError(f"unknown predictor {self.predictor!r}; choose one of "
-                              "auto, learned, max_tokens, oracle")
-        if not 0 < self.predictor_learning_rate <= 1:
-            raise ConfigError("predictor_learning_rate must be in (0, 1], got "
-                              f"{self.predictor_learning_rate}")
-        if self.binner not in ("fixed", "adaptive"):
-            raise ConfigError(f"binner must be fixed or adaptive, got {self.binner!r}")
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
-
-    @property
-    def num_bins(self) -> int:
-        return len(self.bin_edges) + 1
-
-
-@dataclass(frozen=True)
 class ServiceConfig:
     """What every service process shares: where Kafka is and what the topics are called."""
 
@@ -275,7 +230,7 @@ def topics_config(values: Mapping[str, Any]) -> TopicsConfig:
 def default_bin_edges(num_bins: int) -> tuple[int, ...]:
     """Equal-mass edges over the output lengths of the Azure trace slice in the repo."""
     from binbaton.service.app.workload import trace_output_lengths
-    from binbaton.service.bins import BinBoundaries
+    from binbaton.service.classifier.bins import BinBoundaries
 
     return BinBoundaries.equal_mass(trace_output_lengths(), num_bins).edges
 

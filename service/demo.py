@@ -40,8 +40,9 @@ from binbaton.service.app.workload import (
     load_trace,
     trace_requests,
 )
-from binbaton.service.bins import BinBoundaries
-from binbaton.service.config import ClassifierConfig, kafka_config
+from binbaton.service.classifier.bins import BinBoundaries
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.config import kafka_config
 from binbaton.service.kafka.broker import DEFAULT_PORT, answers_metadata, free_port
 from binbaton.service.kafka.client import Outgoing, ResultFollower, produce, request_message
 from binbaton.service.predictor.training import spearman
@@ -111,7 +112,7 @@ def prompt_bin_edges(settings: Mapping[str, Any], workload: Sequence[Outgoing],
                      num_bins: int) -> tuple[int, ...]:
     """The edges the learned predictor was trained and scored with when it has k bins,
     else equal-mass edges over the predictor's predictions for this workload."""
-    from binbaton.service.classifier import make_predictor
+    from binbaton.service.classifier.router import make_predictor
     from binbaton.service.predictor.interface import PredictionInput
     from binbaton.service.predictor.learned import LearnedPredictor
 

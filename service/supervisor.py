@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from binbaton.service.classifier import run_classifier
+from binbaton.service.classifier.service import run_classifier
 from binbaton.service.config import (
     ENGINE_FLAGS,
     WORKER_FLAGS,

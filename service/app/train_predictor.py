@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from binbaton.service.bins import AdaptiveBinner, BinBoundaries
+from binbaton.service.classifier.bins import AdaptiveBinner, BinBoundaries
 from binbaton.service.predictor.corpus import INSTRUCTIONS, load_examples, split_examples
 from binbaton.service.predictor.demo_model import (
     DemoModelConfig,

@@ -11,8 +11,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from binbaton.schemas.codec import encode
 from binbaton.schemas.messages import Request, Result, Usage
-from binbaton.service.classifier import Classifier, Router
-from binbaton.service.config import ClassifierConfig
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.router import Router
+from binbaton.service.classifier.service import Classifier
 from binbaton.service.kafka.config import KafkaConfig
 from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
 from binbaton.service.predictor.features import FeatureConfig

@@ -16,8 +16,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from binbaton.schemas.codec import decode_dead_letter, encode
 from binbaton.schemas.messages import DeadLetter, Request
-from binbaton.service.classifier import Classifier, Decision, Router
-from binbaton.service.config import ClassifierConfig
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.router import Decision, Router
+from binbaton.service.classifier.service import Classifier
 from binbaton.service.kafka.client import ResultFollower
 from binbaton.service.kafka.config import KafkaConfig
 from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
@@ -62,7 +63,7 @@ async def pipeline(bootstrap: str, prefix: str, model: Path, workers: int = 2
     kafka = kafka_config(bootstrap)
     topics = TopicsConfig(prefix=prefix, num_bins=len(BIN_EDGES) + 1)
     await create_service_topics(bootstrap, topics)
-    config = ClassifierConfig(model=str(model), bin_edges=BIN_EDGES,
+    config = ClassifierConfig(model=str(model), bin_edges=BIN_EDGES, predictor="max_tokens",
                               max_tokens_limit=MAX_TOKENS_LIMIT,
                               max_request_bytes=MAX_REQUEST_BYTES, batch_size=32)
     classifier = Classifier(kafka, topics, config)
@@ -171,7 +172,7 @@ async def test_300_requests_served_once_each_like_hf_generate(
 
     # Each bin served what the classifier's decision (the `binbaton predict` path) named.
     config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=BIN_EDGES,
-                              max_tokens_limit=MAX_TOKENS_LIMIT)
+                              predictor="max_tokens", max_tokens_limit=MAX_TOKENS_LIMIT)
     decisions = Router.from_config(config).decide(requests)
     assert all(isinstance(d, Decision) for d in decisions)
     serving = {b: f"w{w}" for w, bins in enumerate(worker_bins) for b in bins}
@@ -337,7 +338,7 @@ async def test_a_predictor_bug_dead_letters_only_its_request(
     kafka = kafka_config(broker)
     topics = TopicsConfig(prefix=unique_prefix, num_bins=1)
     await create_service_topics(broker, topics)
-    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=())
+    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(), predictor="max_tokens")
     router = Router.from_config(config)
     router.predictor = ExplodingPredictor()
     stop, started = asyncio.Event(), asyncio.Event()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from binbaton.schemas.messages import Request
-from binbaton.service.classifier import run_classifier
-from binbaton.service.config import ClassifierConfig
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.service import run_classifier
 from binbaton.service.kafka.broker import free_port
 from binbaton.service.kafka.client import produce, request_message
 from binbaton.service.kafka.config import KafkaConfig
@@ -72,7 +72,8 @@ async def test_client_and_classifier_spans_form_one_trace_per_request(
     topics = TopicsConfig(prefix=unique_prefix, num_bins=2)
     await create_service_topics(broker, topics)
     tracing = TracingConfig(export_delay_ms=50)
-    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(8,), max_tokens_limit=64)
+    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(8,), predictor="max_tokens",
+                              max_tokens_limit=64)
     stop, started = asyncio.Event(), asyncio.Event()
     metrics_port = free_port()
     classifier = asyncio.create_task(

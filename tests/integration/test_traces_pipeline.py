@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from binbaton.schemas.messages import Request, Result
-from binbaton.service.classifier import run_classifier
-from binbaton.service.config import ClassifierConfig
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.service import run_classifier
 from binbaton.service.kafka.broker import free_port
 from binbaton.service.kafka.client import ResultFollower, produce, request_message
 from binbaton.service.kafka.config import KafkaConfig
@@ -140,7 +140,8 @@ async def test_one_trace_per_request_across_client_classifier_and_worker_and_met
 
     classifier_port, worker_port = free_port(), free_port()
     classifier = asyncio.create_task(run_classifier(
-        kafka, topics, ClassifierConfig(model=model, bin_edges=(8,), max_tokens_limit=48),
+        kafka, topics, ClassifierConfig(model=model, bin_edges=(8,), predictor="max_tokens",
+                                         max_tokens_limit=48),
         stop, classifier_started, tracing_config=tracing,
         metrics_config=MetricsConfig(port=classifier_port, host="127.0.0.1")))
 

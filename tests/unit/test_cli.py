@@ -14,8 +14,9 @@ import pytest
 from binbaton.schemas.codec import encode
 from binbaton.schemas.messages import Request, Result
 from binbaton.service import cli
-from binbaton.service.classifier import Router
-from binbaton.service.config import ClassifierConfig, resolve
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.router import Router
+from binbaton.service.config import resolve
 from binbaton.service.supervisor import split_bins, worker_argv
 
 
@@ -37,7 +38,8 @@ def test_predict_gives_the_classifier_decision(tiny_llama_dir: Path, capsys,
                    lines, monkeypatch)
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    router = Router.from_config(ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(4, 16)))
+    router = Router.from_config(ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(4, 16),
+                                                 predictor="max_tokens"))
     expected = [{"id": d.request.id, "predicted_tokens": d.predicted_tokens, "bin": d.bin}
                 for d in router.decide(requests)]
     assert rows[:3] == expected == [{"id": "a", "predicted_tokens": 3, "bin": 0},
@@ -138,8 +140,8 @@ def test_predict_decides_a_batch_at_once_in_order_and_survives_bad_lines(
                                                  predictor="max_tokens"))
     calls: list[int] = []
     decide = router.decide
-    monkeypatch.setattr(router, "decide", lambda requests: calls.append(len(requests))
-                        or decide(requests))
+    monkeypatch.setattr(router, "decide", lambda requests, timer=None: calls.append(len(requests))
+                        or decide(requests, timer))
     monkeypatch.setattr(Router, "from_config", classmethod(lambda cls, config: router))
     good = [encode(Request(id=f"g{i}", prompt="hello there", max_tokens=i + 1)) for i in range(30)]
     lines = [*good[:10], b"{broken", *good[10:20], b'{"id": "x", "prompt": ""}', *good[20:]]

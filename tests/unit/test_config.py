@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from binbaton.service.classifier.config import ClassifierConfig
 from binbaton.service.config import (
     FLAGS,
-    ClassifierConfig,
     ConfigError,
     add_flags,
     classifier_config,

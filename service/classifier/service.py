@@ -1,7 +1,6 @@
-"""The classifier: validate, tokenize, predict the output length, route to a bin topic.
+"""The Kafka classifier: the router's decisions applied to the requests topic.
 
-``Router`` makes the decision for a batch of requests without Kafka (``binbaton predict``
-uses it too). ``Classifier`` is the Kafka service around it: it reads
+``Classifier`` reads
 ``<prefix>.requests`` in batches, produces each decision as a ``BinnedRequest`` to
 ``<prefix>.bin.<i>`` (bad input: a ``DeadLetter`` and, when the id is known, an error
 ``Result``), and commits a batch's offsets only once the broker acknowledged every
@@ -18,7 +17,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -34,14 +32,14 @@ from binbaton.schemas.codec import (
     now_ms,
     recover_id,
 )
+from binbaton.schemas.errors import ErrorCode
 from binbaton.schemas.messages import BinnedRequest, DeadLetter, ErrorInfo, Request, Timings
-from binbaton.service.bins import AdaptiveBinner, BinBoundaries, FixedBinner
-from binbaton.service.config import ClassifierConfig, ConfigError
+from binbaton.schemas.settings import ConfigError
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.router import Decision, Router, decide_guarded
 from binbaton.service.kafka.config import KafkaConfig
-from binbaton.service.kafka.topics import TopicsConfig
-from binbaton.service.predictor.interface import LengthPredictor, PredictionInput
-from binbaton.service.predictor.registry import DEFAULT_ARTIFACT
-from binbaton.service.predictor.registry import make_predictor as predictor_registry
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
+from binbaton.service.predictor.interface import PredictionInput
 from binbaton.service.telemetry import tracing
 from binbaton.service.telemetry.metrics import Metrics, MetricsConfig, update_consumer_lag
 from binbaton.service.telemetry.tracing import (
@@ -52,205 +50,11 @@ from binbaton.service.telemetry.tracing import (
 )
 from opentelemetry.trace import Span
 
-Binner = FixedBinner | AdaptiveBinner
-
 log = logging.getLogger("binbaton.classifier")
 
 TRACE_HEADERS = ("traceparent", "tracestate")
-DEAD_LETTER_RAW_LIMIT = 64 * 1024
-LAG_INTERVAL_S = 5.0  # bytes of an oversized message kept in its dead letter
-
-
-# ---------------------------------------------------------------------------------------
-# Predictors by name.
-
-
-def make_predictor(config: ClassifierConfig, tokenizer: Any = None) -> LengthPredictor:
-    """The predictor named by ``config.predictor`` (registry: binbaton.service.predictor)."""
-    name = config.predictor
-    if name == "auto":
-        name = "learned" if DEFAULT_ARTIFACT.exists() or config.predictor_path else "max_tokens"
-    try:
-        return predictor_registry(
-            name,
-            artifact=Path(config.predictor_path) if config.predictor_path else None,
-            snapshot_path=Path(config.predictor_snapshot) if config.predictor_snapshot else None,
-            learning_rate=config.predictor_learning_rate,
-            decode=tokenizer.decode if tokenizer is not None else None,
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError(f"predictor {name!r}: {exc}") from exc
-
-
-def make_binner(config: ClassifierConfig) -> Binner:
-    boundaries = BinBoundaries(config.bin_edges)
-    if config.binner == "adaptive":
-        return AdaptiveBinner(boundaries)
-    return FixedBinner(boundaries)
-
-
-# ---------------------------------------------------------------------------------------
-# The decision, without Kafka.
-
-
-@dataclass(frozen=True)
-class Decision:
-    """A valid request, tokenized, with its predicted output length and bin."""
-
-    request: Request
-    prompt_token_ids: tuple[int, ...]
-    predicted_tokens: int
-    bin: int
-    features: PredictionInput  # what the predictor saw (kept to learn from the result)
-
-
-@dataclass(frozen=True)
-class ModelLimits:
-    max_model_len: int  # prompt tokens must be fewer than this
-    vocab_size: int  # prompt token ids must be below this
-
-
-def load_model_limits(model: str, tokenizer: Any, max_model_len: int | None) -> ModelLimits:
-    """Context length and vocabulary size from the checkpoint's config (no weights loaded)."""
-    from transformers import AutoConfig
-
-    hf_config = AutoConfig.from_pretrained(model)
-    text_config = getattr(hf_config, "text_config", None) or hf_config
-    context = getattr(text_config, "max_position_embeddings", None)
-    if max_model_len is not None:
-        context = min(context, max_model_len) if context else max_model_len
-    if not context:
-        raise ConfigError(f"{model}: config has no max_position_embeddings; give --max-model-len")
-    vocab = getattr(text_config, "vocab_size", None) or len(tokenizer)
-    return ModelLimits(max_model_len=int(context), vocab_size=int(vocab))
-
-
-class Router:
-    """Validates against the served model, tokenizes, predicts, and picks the bin."""
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        limits: ModelLimits,
-        predictor: LengthPredictor,
-        binner: Binner,
-        max_tokens_limit: int,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.limits = limits
-        self.predictor = predictor
-        self.binner = binner
-        self.max_tokens_limit = max_tokens_limit
-
-    @classmethod
-    def from_config(cls, config: ClassifierConfig) -> Router:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(config.model)
-        return cls(
-            tokenizer=tokenizer,
-            limits=load_model_limits(config.model, tokenizer, config.max_model_len),
-            predictor=make_predictor(config, tokenizer),
-            binner=make_binner(config),
-            max_tokens_limit=config.max_tokens_limit,
-        )
-
-    @property
-    def num_bins(self) -> int:
-        return self.binner.num_bins
-
-    def decide(
-        self, requests: Sequence[Request], timer: StageTimer | None = None
-    ) -> list[Decision | InvalidMessage]:
-        """One outcome per request, in order: a Decision, or why it cannot be served.
-
-        ``timer`` records the batch's tokenize/validate/predict/route stages (for tracing)."""
-        timer = timer or StageTimer()
-        with timer.measure("tokenize"):
-            token_ids = self._tokenize(requests)
-        outcomes: list[Decision | InvalidMessage | None] = []
-        valid: list[int] = []
-        with timer.measure("validate"):
-            for index, (request, ids) in enumerate(zip(requests, token_ids, strict=True)):
-                problem = self._check(request, ids)
-                outcomes.append(problem)
-                if problem is None:
-                    valid.append(index)
-        with timer.measure("predict"):
-            features = [self._features(requests[i], token_ids[i]) for i in valid]
-            predicted = self.predictor.predict(features) if features else []
-            predicted = [max(1, min(int(p), requests[i].max_tokens))
-                         for i, p in zip(valid, predicted, strict=True)]
-        with timer.measure("route"):
-            bins = self._assign(predicted)
-        for index, item, tokens, bin in zip(valid, features, predicted, bins, strict=True):
-            outcomes[index] = Decision(
-                request=requests[index],
-                prompt_token_ids=token_ids[index],
-                predicted_tokens=tokens,
-                bin=bin,
-                features=item,
-            )
-        return outcomes  # type: ignore[return-value]  # every None was replaced
-
-    def _assign(self, predicted: list[int]) -> list[int]:
-        """Bins of one batch (an adaptive binner moves its edges only between batches)."""
-        if isinstance(self.binner, AdaptiveBinner):
-            return self.binner.assign_batch(predicted)
-        return [self.binner.assign(p) for p in predicted]
-
-    def _tokenize(self, requests: Sequence[Request]) -> list[tuple[int, ...]]:
-        texts = [r.prompt for r in requests if r.prompt is not None]
-        encoded = iter(self.tokenizer(texts)["input_ids"] if texts else [])
-        return [
-            tuple(next(encoded)) if r.prompt is not None else tuple(r.prompt_token_ids or ())
-            for r in requests
-        ]
-
-    def _check(self, request: Request, ids: tuple[int, ...]) -> InvalidMessage | None:
-        if request.max_tokens > self.max_tokens_limit:
-            return InvalidMessage(
-                "max_tokens_too_large",
-                f"max_tokens {request.max_tokens} exceeds the server limit "
-                f"{self.max_tokens_limit}",
-                request.id,
-            )
-        if not ids:
-            return InvalidMessage("empty_prompt", "the prompt has no tokens", request.id)
-        if len(ids) >= self.limits.max_model_len:
-            return InvalidMessage(
-                "prompt_too_long",
-                f"prompt has {len(ids)} tokens; the model's context is "
-                f"{self.limits.max_model_len} tokens (at least one must be left to generate)",
-                request.id,
-            )
-        if len(ids) + request.max_tokens > self.limits.max_model_len:
-            return InvalidMessage(
-                "too_long",
-                f"prompt ({len(ids)}) + max_tokens ({request.max_tokens}) = "
-                f"{len(ids) + request.max_tokens} exceeds the model context "
-                f"{self.limits.max_model_len}",
-                request.id,
-            )
-        if request.prompt_token_ids is not None:
-            bad = [t for t in ids if t >= self.limits.vocab_size]
-            if bad:
-                return InvalidMessage(
-                    "token_out_of_range",
-                    f"prompt_token_ids contains {bad[0]}; the vocabulary has "
-                    f"{self.limits.vocab_size} tokens",
-                    request.id,
-                )
-        return None
-
-    @staticmethod
-    def _features(request: Request, ids: tuple[int, ...]) -> PredictionInput:
-        return PredictionInput(
-            prompt=request.prompt,
-            prompt_token_ids=ids,
-            max_tokens=request.max_tokens,
-            metadata=dict(request.metadata),
-        )
+DEAD_LETTER_RAW_LIMIT = 64 * 1024  # bytes of an oversized message kept in its dead letter
+LAG_INTERVAL_S = 5.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -407,7 +211,7 @@ class Classifier:
         assert self._consumer is not None
         records = [record for part in batches.values() for record in part]
         try:
-            acks = await self._route_guarded(records)
+            acks = await self.route(records)
             await asyncio.gather(*acks)
         except KafkaError as exc:
             # Nothing of this batch is committed: go back and route it again.
@@ -426,31 +230,6 @@ class Classifier:
             log.warning("commit failed after routing (%s); duplicates may follow", exc)
         self.stats.batches += 1
 
-    async def _route_guarded(self, records: list[ConsumerRecord]) -> list[asyncio.Future[Any]]:
-        """``route``, but a bug (tokenizer, predictor) never stops the classifier: the batch
-        is routed again record by record, and a record that still fails is dead-lettered
-        with an ``internal`` error (and an error result when its id is known)."""
-        try:
-            return await self.route(records)
-        except KafkaError:
-            raise
-        except Exception:
-            log.exception("routing a batch of %d failed; routing one by one", len(records))
-        acks: list[asyncio.Future[Any]] = []
-        for record in records:
-            try:
-                acks += await self.route([record])
-            except KafkaError:
-                raise
-            except Exception as exc:
-                log.exception("routing %s:%d@%d failed", record.topic, record.partition,
-                              record.offset)
-                raw = record.value or b""
-                problem = InvalidMessage("internal", f"the classifier failed: {exc!r}",
-                                         recover_id(raw) or _key_id(record))
-                await self._reject(record, problem, now_ms(), acks)
-        return acks
-
     async def route(self, records: Sequence[ConsumerRecord]) -> list[asyncio.Future[Any]]:
         """Decide and send every record; returns the broker acknowledgements to await."""
         received = now_ms()
@@ -465,7 +244,7 @@ class Classifier:
             if request is not None:
                 requests.append((record, request))
         timer = StageTimer()
-        outcomes = self.router.decide([request for _, request in requests], timer)
+        outcomes = decide_guarded(self.router, [request for _, request in requests], timer)
         classified = now_ms()
         for record, request in requests:
             span = self._spans.get(id(record))
@@ -485,7 +264,7 @@ class Classifier:
         raw = record.value or b""
         if len(raw) > self.config.max_request_bytes:
             problem = InvalidMessage(
-                "message_too_large",
+                ErrorCode.MESSAGE_TOO_LARGE,
                 f"request is {len(raw)} bytes; the limit is {self.config.max_request_bytes}",
                 recover_id(raw),
             )
@@ -647,8 +426,6 @@ async def run_classifier(
 
     With ``tracing_config`` (enabled), spans go to the traces topic (and OTLP if set);
     with ``metrics_config`` (a port), Prometheus metrics are served there."""
-    from binbaton.service.kafka.topics import create_service_topics
-
     await create_service_topics(kafka.bootstrap_servers, topics)
     router = await asyncio.to_thread(Router.from_config, config)
     telemetry = None

@@ -6,8 +6,11 @@ import bisect
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
+
+BINNERS = ("fixed", "adaptive")  # FixedBinner, AdaptiveBinner
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,9 @@ class AdaptiveBinner:
         if edges_shift(self.boundaries, candidate) > self.config.relative_threshold:
             self.boundaries = candidate
             self.updates += 1
+
+
+Binner: TypeAlias = FixedBinner | AdaptiveBinner
 
 
 def edges_shift(old: BinBoundaries, new: BinBoundaries) -> float:
