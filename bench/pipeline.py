@@ -146,7 +146,7 @@ def service_argv(
     args: argparse.Namespace, path: Path, edges: tuple[int, ...], port: int, budget: int, n: int
 ) -> list[str]:
     argv = [
-        sys.executable, "-m", "binbaton.service.cli", "up",
+        sys.executable, "-m", "binbaton.service.app.cli", "up",
         "--broker-port", str(port), "--model", str(path), "--bins", str(args.bins),
         "--predictor", "oracle", "--policy", args.policy, "--max-batch", str(args.batch),
         "--kv-budget-tokens", str(budget), "--device", args.device, "--dtype", args.dtype,

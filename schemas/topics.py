@@ -19,7 +19,7 @@ PREFIX_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._-")
 
 def check_prefix(prefix: str) -> str:
     if not prefix or any(c not in PREFIX_CHARACTERS for c in prefix):
-        raise ConfigError(f"topic prefix must be non-empty [a-zA-Z0-9._-], got {prefix!r}")
+        raise ConfigError(f"topic_prefix must be non-empty [A-Za-z0-9._-], got {prefix!r}")
     return prefix
 
 

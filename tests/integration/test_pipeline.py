@@ -16,13 +16,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from binbaton.schemas.codec import decode_dead_letter, encode
 from binbaton.schemas.messages import DeadLetter, Request
+from binbaton.service.app.supervisor import split_bins
 from binbaton.service.classifier.config import ClassifierConfig
 from binbaton.service.classifier.router import Decision, Router
 from binbaton.service.classifier.service import Classifier
 from binbaton.service.kafka.client import ResultFollower
 from binbaton.service.kafka.config import KafkaConfig
 from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
-from binbaton.service.supervisor import split_bins
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.engine.async_engine import AsyncEngine
 from binbaton.workers.engine.config import EngineConfig

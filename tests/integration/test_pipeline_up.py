@@ -73,7 +73,7 @@ def test_up_serves_restarts_a_dead_worker_and_stops_on_sigint(tiny_llama_dir: Pa
                BINBATON_MODEL=str(tiny_llama_dir), BINBATON_PREDICTOR="max_tokens",
                OMP_NUM_THREADS="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "binbaton.service.cli", "up", "--broker-port", str(port),
+        [sys.executable, "-m", "binbaton.service.app.cli", "up", "--broker-port", str(port),
          "--kernel-backend", "torch", "--drain-timeout", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )

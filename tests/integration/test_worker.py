@@ -1,7 +1,7 @@
 """The worker through the real embedded broker and a real tiny checkpoint.
 
 In-process workers for serving, flow control and restarts; worker subprocesses
-(``python -m binbaton.workers.worker``) to be killed with SIGKILL and stopped with SIGTERM.
+(``binbaton worker``) to be killed with SIGKILL and stopped with SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from binbaton.schemas.codec import decode_dead_letter, decode_result, encode
 from binbaton.schemas.messages import BinnedRequest, Request, Result
+from binbaton.service.app.supervisor import CLI_MODULE
 from binbaton.service.kafka.config import KafkaConfig
 from binbaton.service.kafka.topics import TopicsConfig
 from binbaton.workers.config import WorkerConfig
@@ -325,16 +326,17 @@ async def test_full_worker_pauses_re_pauses_after_rebalance_and_serves_everythin
 
 
 class WorkerProcess:
-    """``python -m binbaton.workers.worker`` with its stdout read line by line."""
+    """``binbaton worker`` with its stdout read line by line."""
 
     def __init__(self, bootstrap: str, prefix: str, bins: str, model_dir: Path,
                  worker_id: str, log_path: Path, *extra: str) -> None:
         command = [
-            sys.executable, "-m", "binbaton.workers.worker",
+            sys.executable, "-m", CLI_MODULE, "worker",
             "--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--bins", bins,
             "--model", str(model_dir), "--worker-id", worker_id, "--commit-interval", "0.2",
             "--session-timeout-ms", str(SESSION_TIMEOUT_MS),
-            "--heartbeat-interval-ms", str(HEARTBEAT_MS), "--log-level", "INFO", *extra,
+            "--heartbeat-interval-ms", str(HEARTBEAT_MS), "--tracing", "false",
+            "--log-level", "INFO", *extra,
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.log_path = log_path

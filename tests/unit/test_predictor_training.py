@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from binbaton.service.app.train_predictor import evaluate, main
+from binbaton.service.app.commands.train_predictor import evaluate, main
 from binbaton.service.classifier.bins import BinBoundaries
 from binbaton.service.predictor.corpus import Example, is_held_out, load_examples, split_examples
 from binbaton.service.predictor.demo_model import (

@@ -8,8 +8,9 @@ from aiokafka.errors import CommitFailedError
 from binbaton.schemas.codec import encode
 from binbaton.schemas.messages import BinnedRequest, Request
 from binbaton.workers.config import WorkerConfig
+from binbaton.workers.consumer import BinConsumer
 from binbaton.workers.engine.request import GenerationOutput
-from binbaton.workers.worker import BinConsumer, Worker
+from binbaton.workers.worker import Worker
 
 TP0 = TopicPartition("p.bin.0", 0)
 TP1 = TopicPartition("p.bin.0", 1)

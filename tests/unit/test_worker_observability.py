@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from aiokafka import ConsumerRecord, TopicPartition
 from binbaton.schemas.codec import decode_result, encode
 from binbaton.schemas.messages import BinnedRequest, Request
-from binbaton.service.supervisor import worker_argv, worker_metrics_port
+from binbaton.service.app.supervisor import worker_argv, worker_metrics_port
 from binbaton.service.telemetry.metrics import Metrics
 from binbaton.service.telemetry.tracing import WORKER_SERVICE, Telemetry, extract_context
 from binbaton.workers.config import WorkerConfig
+from binbaton.workers.consumer import BinConsumer
 from binbaton.workers.engine.request import EngineError, GenerationOutput
-from binbaton.workers.worker import BinConsumer, Worker
+from binbaton.workers.worker import Worker
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider

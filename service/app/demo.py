@@ -26,11 +26,14 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import numpy as np
 from binbaton.schemas.messages import Request, Result
+from binbaton.schemas.topics import TopicNames
+from binbaton.service.app.configs import kafka_config
+from binbaton.service.app.flags import Values
+from binbaton.service.app.supervisor import up
 from binbaton.service.app.workload import (
     PROMPT_SLICE,
     TRACE_SLICE,
@@ -41,14 +44,20 @@ from binbaton.service.app.workload import (
     trace_requests,
 )
 from binbaton.service.classifier.bins import BinBoundaries
-from binbaton.service.classifier.config import ClassifierConfig
-from binbaton.service.config import kafka_config
-from binbaton.service.kafka.broker import DEFAULT_PORT, answers_metadata, free_port
+from binbaton.service.classifier.config import AUTO, ClassifierConfig
+from binbaton.service.classifier.router import make_predictor
+from binbaton.service.kafka.broker import answers_metadata, free_port
 from binbaton.service.kafka.client import Outgoing, ResultFollower, produce, request_message
+from binbaton.service.predictor.interface import PredictionInput
+from binbaton.service.predictor.learned import LearnedPredictor
+from binbaton.service.predictor.registry import ARTIFACTS
 from binbaton.service.predictor.training import spearman
+from binbaton.workers.engine.tiny import save_tiny_checkpoint
+from tqdm import tqdm
 
 WORKLOADS = ("prompts", "trace")
 DEMO_REQUESTS = {"prompts": 300, "trace": 200}
+DEMO_WORKERS = 2
 DEMO_SPAN_S = 20.0  # the replayed arrivals are squeezed into about this many seconds
 PROMPT_MAX_TOKENS = 256  # the model stops by itself; this caps answers that do not
 PROMPT_BINS = 4  # the learned predictor's edges are for k = 4
@@ -62,20 +71,18 @@ RESULT_TIMEOUT_S = 180.0
 
 def cache_dir() -> Path:
     """``.cache/binbaton`` in a source checkout, else ``~/.cache/binbaton``."""
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     root = checkout if (checkout / "pyproject.toml").exists() else Path.home()
     return root / ".cache" / "binbaton"
 
 
 def demo_model() -> Path:
     """The committed demo model if there is one, else a cached random tiny Llama."""
-    committed = Path(__file__).resolve().parent / "artifacts" / "demo-model"
+    committed = ARTIFACTS / "demo-model"
     if (committed / "config.json").exists():
         return committed
     path = cache_dir() / "tiny-llama"
     if not (path / "config.json").exists():
-        from binbaton.workers.engine.tiny import save_tiny_checkpoint
-
         print(f"creating a small random-init Llama checkpoint in {path}", file=sys.stderr)
         partial = path.with_name(path.name + ".partial")
         save_tiny_checkpoint(partial, "llama", seed=0)
@@ -83,42 +90,35 @@ def demo_model() -> Path:
     return path
 
 
-def demo_settings(values: Mapping[str, Any], workload: Sequence[Outgoing],
-                  kind: str = "prompts", bins_given: bool = False) -> dict[str, Any]:
-    """The demo's `up` settings: the user's flags, and defaults that suit the workload.
-
-    ``bins_given``: the user chose ``--bins`` (else the workload's default k is used)."""
-    settings = dict(values)
-    settings["model"] = values.get("model") or str(demo_model())
-    if kind == "trace" and settings.get("predictor") in (None, "auto"):
-        settings["predictor"] = "oracle"
-    if not values.get("bootstrap_servers"):
-        port = values.get("broker_port") or DEFAULT_PORT
+def demo_settings(values: Values, workload: Sequence[Outgoing],
+                  kind: str = "prompts") -> Values:
+    """The demo's `up` settings: the user's flags, and defaults that suit the workload
+    (k = the workload's default unless ``--bins`` was given)."""
+    settings = values.with_(model=values.get("model") or str(demo_model()))
+    if kind == "trace" and settings["predictor"] == AUTO:
+        settings = settings.with_(predictor="oracle")
+    if "bootstrap_servers" not in values.given:
+        port = values["broker_port"]
         if answers_metadata("127.0.0.1", port):
-            port = free_port()
-        settings["broker_port"] = port
-    if settings.get("workers") is None:
-        settings["workers"] = 2
-    if settings.get("bin_edges") is None:
+            settings = settings.with_(broker_port=free_port())
+    if settings["workers"] is None:
+        settings = settings.with_(workers=DEMO_WORKERS)
+    if settings["bin_edges"] is None:
         default_bins = PROMPT_BINS if kind == "prompts" else TRACE_BINS
-        num_bins = (values.get("bins") if bins_given else None) or default_bins
-        settings["bins"] = num_bins
-        settings["bin_edges"] = (prompt_bin_edges(settings, workload, num_bins)
-                                 if kind == "prompts" else trace_bin_edges(workload, num_bins))
+        num_bins = values["bins"] if "bins" in values.given else default_bins
+        edges = (prompt_bin_edges(settings, workload, num_bins)
+                 if kind == "prompts" else trace_bin_edges(workload, num_bins))
+        settings = settings.with_(bins=num_bins, bin_edges=edges)
     return settings
 
 
-def prompt_bin_edges(settings: Mapping[str, Any], workload: Sequence[Outgoing],
+def prompt_bin_edges(settings: Values, workload: Sequence[Outgoing],
                      num_bins: int) -> tuple[int, ...]:
     """The edges the learned predictor was trained and scored with when it has k bins,
     else equal-mass edges over the predictor's predictions for this workload."""
-    from binbaton.service.classifier.router import make_predictor
-    from binbaton.service.predictor.interface import PredictionInput
-    from binbaton.service.predictor.learned import LearnedPredictor
-
     config = ClassifierConfig(model=settings["model"], bin_edges=(),
-                              predictor=settings.get("predictor") or "auto",
-                              predictor_path=settings.get("predictor_path"))
+                              predictor=settings["predictor"],
+                              predictor_path=settings["predictor_path"])
     predictor = make_predictor(config)
     if isinstance(predictor, LearnedPredictor):
         trained = tuple(predictor.model.info.get("bin_edges") or ())
@@ -176,17 +176,15 @@ def build_workload(kind: str, requests: int | None = None, time_scale: float | N
                           time_scale=scale, ignore_eos=True, id_prefix=id_prefix)
 
 
-async def run_demo(values: Mapping[str, Any], stop: asyncio.Event, kind: str = "prompts",
+async def run_demo(values: Values, stop: asyncio.Event, kind: str = "prompts",
                    requests: int | None = None, time_scale: float | None = None,
-                   max_tokens: int | None = None, bins_given: bool = False) -> int:
-    from binbaton.service.supervisor import up
-
+                   max_tokens: int | None = None) -> int:
     workload = build_workload(kind, requests, time_scale, max_tokens or PROMPT_MAX_TOKENS)
-    settings = demo_settings(values, workload, kind, bins_given)
+    settings = demo_settings(values, workload, kind)
     source = PROMPT_SLICE.name if kind == "prompts" else TRACE_SLICE.name
     print(f"binbaton demo: {len(workload)} requests from {source} over "
           f"{workload[-1].at_s:.0f} s, model {settings['model']}, predictor "
-          f"{settings.get('predictor') or 'auto'}, bin edges {settings['bin_edges']}, "
+          f"{settings['predictor']}, bin edges {settings['bin_edges']}, "
           f"{settings['workers']} workers", file=sys.stderr)
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     service_stop = asyncio.Event()
@@ -205,13 +203,11 @@ async def run_demo(values: Mapping[str, Any], stop: asyncio.Event, kind: str = "
     return 0 if len(results) == len(workload) else 1
 
 
-async def replay(bootstrap: str, settings: Mapping[str, Any], workload: list[Outgoing],
+async def replay(bootstrap: str, settings: Values, workload: list[Outgoing],
                  stop: asyncio.Event) -> tuple[dict[str, Result], dict[str, float], float]:
     """Send the workload at its pace while collecting results behind a progress bar."""
-    from tqdm import tqdm
-
-    kafka = kafka_config({"bootstrap_servers": bootstrap}, client_id="binbaton-demo")
-    prefix = settings.get("topic_prefix") or "binbaton"
+    kafka = kafka_config(settings.with_(bootstrap_servers=bootstrap), client_id="binbaton-demo")
+    topics = TopicNames(settings["topic_prefix"])
     sent_at: dict[str, float] = {}
     ids = [m.key.decode() for m in workload if m.key]
     start = time.time()
@@ -220,9 +216,9 @@ async def replay(bootstrap: str, settings: Mapping[str, Any], workload: list[Out
         if message.key:
             sent_at[message.key.decode()] = time.time()
 
-    async with ResultFollower(kafka, f"{prefix}.results", from_beginning=False) as follower:
+    async with ResultFollower(kafka, topics.results, from_beginning=False) as follower:
         sender = asyncio.create_task(
-            produce(kafka, f"{prefix}.requests", workload, paced=True, on_sent=on_sent))
+            produce(kafka, topics.requests, workload, paced=True, on_sent=on_sent))
         wanted = set(ids)
         with tqdm(total=len(ids), unit="req", desc="results", file=sys.stderr) as bar:
             deadline = time.monotonic() + RESULT_TIMEOUT_S + workload[-1].at_s

@@ -268,7 +268,3 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench-predict":
         return bench_main(argv[1:])
     return train_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

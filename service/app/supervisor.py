@@ -4,8 +4,9 @@ Start: embedded broker (unless bootstrap servers are given) → topics → class
 this process) → worker processes (``binbaton worker --bins …``; one per CUDA device, or
 ``--workers N`` on the CPU; bins split round-robin). Once every topic exists and every
 worker printed its ready line, print exactly one line ``ready bootstrap=HOST:PORT``.
-A worker that dies is restarted. Stop (SIGINT/SIGTERM): workers drain (SIGTERM), the
-classifier finishes its batch, then the broker stops. Mirror order of the start.
+A worker that dies is restarted. Stop (``stop``, the first SIGINT/SIGTERM): workers drain
+(SIGTERM), the classifier finishes its batch, then the broker stops, in the mirror order of
+the start; ``abort`` (a second signal) passes a second SIGTERM on, so workers skip the drain.
 """
 
 from __future__ import annotations
@@ -20,20 +21,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from binbaton.service.classifier.service import run_classifier
-from binbaton.service.config import (
-    ENGINE_FLAGS,
-    WORKER_FLAGS,
-    ConfigError,
+from binbaton.schemas.settings import positive_int, setting
+from binbaton.service.app.configs import (
     classifier_config,
     kafka_config,
-    metrics_config,
     resolve_device,
-    to_argv,
     topics_config,
-    tracing_config,
-    unique,
+    uses_embedded_broker,
 )
+from binbaton.service.app.flags import Values, merge, to_argv
+from binbaton.service.app.sections import METRICS, TRACING, WORKER_PROCESS
+from binbaton.service.classifier.service import run_classifier
 from binbaton.service.kafka.broker import EmbeddedBroker
 from binbaton.service.kafka.topics import create_service_topics
 
@@ -42,6 +40,14 @@ log = logging.getLogger("binbaton.up")
 WORKER_READY_PREFIX = "worker ready"
 WORKER_START_TIMEOUT_S = 900.0  # loading a large model on a cold GPU takes a while
 RESTART_DELAY_S = 1.0
+CLI_MODULE = "binbaton.service.app.cli"  # `python -m` this: the `binbaton` command
+SET_PER_WORKER = ("bins", "bootstrap-servers", "broker-port")  # worker_argv gives them
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    workers: int | None = field(default=None, metadata=setting(
+        "`up`: worker processes (default: one per CUDA device, else 1)", parse=positive_int))
 
 
 def split_bins(num_bins: int, num_workers: int) -> list[tuple[int, ...]]:
@@ -91,24 +97,34 @@ class WorkerProcess:
                 self.ready.set()
             print(f"[{self.name}] {text}", file=sys.stderr, flush=True)
 
-    async def stop(self, timeout: float) -> None:
-        """SIGTERM (the worker drains), SIGKILL after ``timeout``."""
+    async def stop(self, timeout: float, abort: asyncio.Event) -> None:
+        """SIGTERM (the worker drains); on ``abort`` a second SIGTERM (it skips the drain);
+        SIGKILL after ``timeout``."""
         process = self.process
         if process is None:
             return
         if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout)
-            except TimeoutError:
+            self._signal(signal.SIGTERM)
+            exited = asyncio.ensure_future(process.wait())
+            aborted = asyncio.ensure_future(abort.wait())
+            await asyncio.wait([exited, aborted], timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if aborted.done() and not exited.done():
+                self._signal(signal.SIGTERM)
+                await asyncio.wait([exited], timeout=timeout)
+            aborted.cancel()
+            if not exited.done():
                 log.warning("%s did not stop within %.0fs: killing it", self.name, timeout)
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+                self._signal(signal.SIGKILL)
+            await exited
         if self._pump is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._pump, 5)
+
+    def _signal(self, signum: int) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signum)
 
 
 def worker_metrics_port(classifier_port: int | None, index: int) -> int:
@@ -119,17 +135,17 @@ def worker_metrics_port(classifier_port: int | None, index: int) -> int:
 
 def worker_argv(values: Mapping[str, Any], bootstrap: str, bins: Sequence[int], device: str,
                 index: int) -> list[str]:
-    passed = dict(values)
-    passed["device"] = device
-    # Always given explicitly, so a $BINBATON_METRICS_PORT meant for `up` is not reused.
-    passed["metrics_port"] = worker_metrics_port(values.get("metrics_port"), index)
+    """``binbaton worker`` with every worker flag `up` resolved, for worker ``index``."""
+    # The metrics port is always given, so a $BINBATON_METRICS_PORT meant for `up` is not
+    # reused by every worker.
+    passed = Values(values).with_(
+        device=device, metrics_port=worker_metrics_port(values.get("metrics_port"), index))
     if values.get("worker_id"):
-        passed["worker_id"] = f"{values['worker_id']}-{index}"
-    names = unique(("topic-prefix", "partitions", "tracing", "log-level"), ENGINE_FLAGS,
-                   WORKER_FLAGS)
-    return [sys.executable, "-m", "binbaton.service.cli", "worker",
+        passed = passed.with_(worker_id=f"{values['worker_id']}-{index}")
+    flags = [f for f in merge(WORKER_PROCESS) if f.name not in SET_PER_WORKER]
+    return [sys.executable, "-m", CLI_MODULE, "worker",
             "--bootstrap-servers", bootstrap, "--bins", ",".join(map(str, bins)),
-            *to_argv(passed, names)]
+            *to_argv(passed, flags)]
 
 
 def worker_env(num_workers: int, device: str) -> dict[str, str]:
@@ -141,26 +157,28 @@ def worker_env(num_workers: int, device: str) -> dict[str, str]:
 
 
 async def up(
-    values: Mapping[str, Any],
+    values: Values,
     stop: asyncio.Event,
+    abort: asyncio.Event | None = None,
     out: TextIO = sys.stdout,
     on_ready: Callable[[str], None] | None = None,
 ) -> int:
     """Run the service until ``stop`` is set. Returns the exit code.
 
     ``on_ready(bootstrap)`` is called right after the ready line is printed."""
-    if not values.get("model"):
-        raise ConfigError("binbaton up needs --model (or $BINBATON_MODEL)")
+    abort = abort or asyncio.Event()
     topics = topics_config(values)
     classifier = classifier_config(values)
-    devices = worker_devices(values.get("device") or "auto", values.get("workers"))
+    devices = worker_devices(values["device"], values["workers"])
     broker: EmbeddedBroker | None = None
-    bootstrap = values.get("bootstrap_servers")
-    if not bootstrap:
-        broker = EmbeddedBroker(port=values.get("broker_port") or 9092)
+    if uses_embedded_broker(values):
+        broker = EmbeddedBroker(port=values["broker_port"])
         await asyncio.to_thread(broker.start)
         bootstrap = broker.bootstrap_servers
-    kafka = kafka_config({"bootstrap_servers": bootstrap}, client_id="binbaton-classifier")
+    else:
+        bootstrap = values["bootstrap_servers"]
+    kafka = kafka_config(values.with_(bootstrap_servers=bootstrap),
+                         client_id="binbaton-classifier")
     workers = [
         WorkerProcess(argv=worker_argv(values, bootstrap, bins, device, index),
                       env=worker_env(len(devices), device), name=f"worker-{index}")
@@ -174,7 +192,7 @@ async def up(
         classifier_started = asyncio.Event()
         classifier_task = asyncio.create_task(
             run_classifier(kafka, topics, classifier, classifier_stop, classifier_started,
-                           tracing_config(values), metrics_config(values)))
+                           TRACING.build(values), METRICS.build(values)))
         for worker in workers:
             await worker.start()
         if not await _wait_ready(workers, classifier_task, classifier_started, stop):
@@ -184,8 +202,8 @@ async def up(
             on_ready(bootstrap)
         return await _supervise(workers, classifier_task, stop)
     finally:
-        drain = float(values.get("drain_timeout") or 30.0)
-        await asyncio.gather(*(w.stop(timeout=drain + 10) for w in workers))
+        drain = values["drain_timeout"]
+        await asyncio.gather(*(w.stop(drain + 10, abort) for w in workers))
         classifier_stop.set()
         if classifier_task is not None:
             with contextlib.suppress(Exception):
