@@ -18,10 +18,10 @@ import torch
 from binbaton.bench.measure import Measurement
 from binbaton.bench.memory import PeakMemory
 from binbaton.bench.workload import BenchRequest
+from binbaton.workers.engine.loader import DTYPES
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NO_EOS = -1  # transformers continuous batching: an EOS id that never matches
 
 

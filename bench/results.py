@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from binbaton.workers.engine.config import POLICIES as ENGINE_POLICIES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SYSTEMS = ("binbaton", "hf-generate", "hf-continuous", "model", "pipeline")
-POLICIES = ("static", "multibin-static", "insert", "multibin-insert", "")
+POLICIES = (*ENGINE_POLICIES, "")  # "": a row of a system without policies
 RESULT_FIELDS = ("device", "model", "workload", "started", "rows")
 THROUGHPUT_ROW_FIELDS = (
     "system", "policy", "bins", "batch", "output_tokens_per_s", "requests_per_s",
