@@ -4,11 +4,9 @@ arrive through the real broker, and stopping writes the snapshot a restart resum
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 from aiokafka import AIOKafkaProducer
 from binbaton.schemas.codec import encode
 from binbaton.schemas.messages import Request, Result, Usage
@@ -20,18 +18,9 @@ from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
 from binbaton.service.predictor.interface import PredictionInput
 from binbaton.service.predictor.learned import LengthModel
 from binbaton.service.predictor.registry import DEFAULT_ARTIFACT, make_predictor
-
-pytestmark = pytest.mark.broker
+from helpers.waiting import wait_for
 
 PROMPTS = ("Call the weather API for city {i}.", "Tell me a long pirate story number {i}.")
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 def classifier_for(broker: str, prefix: str, model: Path, snapshot: Path) -> Classifier:

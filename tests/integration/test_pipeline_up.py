@@ -19,8 +19,6 @@ from binbaton.service.kafka.broker import answers_metadata, free_port
 from binbaton.service.kafka.client import ResultFollower, produce, request_message
 from binbaton.service.kafka.config import KafkaConfig
 
-pytestmark = pytest.mark.broker
-
 
 def processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains ``text`` (workers name the broker's port)."""
@@ -66,6 +64,7 @@ def read_ready_line(process: subprocess.Popen[str], timeout: float) -> list[str]
     raise AssertionError(f"no ready line within {timeout}s (exit {process.poll()}): {seen}")
 
 
+@pytest.mark.slow
 def test_up_serves_restarts_a_dead_worker_and_stops_on_sigint(tiny_llama_dir: Path) -> None:
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"

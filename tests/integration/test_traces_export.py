@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from binbaton.service.kafka.broker import free_port
 from binbaton.service.telemetry.trace_export import KafkaSpanExporter
@@ -18,8 +17,6 @@ from binbaton.service.telemetry.tracing import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-pytestmark = pytest.mark.broker
 
 
 async def read_all(bootstrap: str, topic: str, expected_spans: int,

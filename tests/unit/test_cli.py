@@ -19,6 +19,7 @@ from binbaton.service.app.flags import resolve
 from binbaton.service.app.supervisor import split_bins, worker_argv
 from binbaton.service.classifier.config import ClassifierConfig
 from binbaton.service.classifier.router import Router
+from helpers.fakes import ExplodingPredictor
 
 
 def run_cli(argv: list[str], stdin: bytes = b"", monkeypatch: pytest.MonkeyPatch | None = None
@@ -120,20 +121,6 @@ def test_stdin_lines_come_in_batches_of_at_most_the_size() -> None:
     assert list(predict.line_batches(slow, 256)) == [[b"a", b"b"], [b"c", b"dd", b"e"], [b"f"]]
     assert list(predict.line_batches(ChunkedStream([b"a\nb\nc\nd"]), 2)) == [[b"a", b"b"],
                                                                          [b"c", b"d"]]
-
-
-class ExplodingPredictor:
-    """Fails on prompts containing "boom" (a predictor bug, not bad input)."""
-
-    name = "exploding"
-
-    def predict(self, batch):
-        if any(item.prompt and "boom" in item.prompt for item in batch):
-            raise RuntimeError("boom")
-        return [item.max_tokens for item in batch]
-
-    def observe(self, batch) -> None:
-        return None
 
 
 def test_predict_decides_a_batch_at_once_in_order_and_survives_bad_lines(
