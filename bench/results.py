@@ -132,7 +132,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def length_stats(values: Sequence[int]) -> dict[str, float]:
+def length_stats(values: Sequence[int] | np.ndarray) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
     return {
         "mean": round(float(arr.mean()), 2),

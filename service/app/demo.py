@@ -26,6 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -190,8 +191,8 @@ async def run_demo(values: Values, stop: asyncio.Event, kind: str = "prompts",
     service_stop = asyncio.Event()
     service = asyncio.create_task(up(settings, service_stop, on_ready=ready.set_result))
     try:
-        done, _ = await asyncio.wait([service, ready, asyncio.create_task(stop.wait())],
-                                     return_when=asyncio.FIRST_COMPLETED)
+        waits: list[asyncio.Future[Any]] = [service, ready, asyncio.create_task(stop.wait())]
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             return service.result() if service in done else 130
         results, sent_at, wall = await replay(ready.result(), settings, workload, stop)

@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from binbaton.schemas.settings import (
     SETTING,
@@ -33,7 +33,10 @@ from binbaton.schemas.settings import (
 
 ENV_PREFIX = "BINBATON_"
 
-C = TypeVar("C")  # a config dataclass
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+C = TypeVar("C", bound="DataclassInstance")  # a config dataclass
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,8 @@ class Values(dict[str, Any]):
     """Resolved flag values by dest; ``given`` holds the dests that were set (on the command
     line, in the environment, or by ``with_``) rather than defaulted."""
 
-    def __init__(self, values: Mapping[str, Any] = (), given: Iterable[str] = ()) -> None:
-        super().__init__(values)
+    def __init__(self, values: Mapping[str, Any] | None = None, given: Iterable[str] = ()) -> None:
+        super().__init__(values or {})
         self.given = set(given)
 
     def with_(self, **changes: Any) -> Values:

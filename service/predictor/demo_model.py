@@ -185,7 +185,9 @@ def train_demo_model(
             epochs += 1
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    # transformers' decorators hide PreTrainedModel.to's signature from mypy
+    model.to(torch.bfloat16).save_pretrained(  # type: ignore[arg-type]
+        out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,

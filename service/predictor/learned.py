@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from binbaton.service.predictor.features import NUM_DENSE, FeatureBatch, FeatureConfig, Featurizer
@@ -28,15 +29,16 @@ class LengthModel:
     """z = w_sparse · x_sparse + w_dense · x_dense ≈ log(1 + output tokens)."""
 
     feature_config: FeatureConfig = field(default_factory=FeatureConfig)
-    sparse_weights: np.ndarray | None = None  # [num_buckets] float32
-    dense_weights: np.ndarray | None = None  # [NUM_DENSE] float32
-    info: dict = field(default_factory=dict)  # provenance: tokenizer, metrics, observations
+    # [num_buckets] and [NUM_DENSE] float32; left empty: zeros of those sizes (untrained)
+    sparse_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    dense_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: tokenizer, metrics, …
 
     def __post_init__(self) -> None:
         buckets = self.feature_config.num_buckets
-        if self.sparse_weights is None:
+        if not self.sparse_weights.size:
             self.sparse_weights = np.zeros(buckets, dtype=np.float32)
-        if self.dense_weights is None:
+        if not self.dense_weights.size:
             self.dense_weights = np.zeros(NUM_DENSE, dtype=np.float32)
         if self.sparse_weights.shape != (buckets,) or self.dense_weights.shape != (NUM_DENSE,):
             raise ValueError(
