@@ -82,7 +82,7 @@ def _build_preset(preset: str, path: Path) -> None:
 
 
 def describe_checkpoint(path: Path, preset: str | None) -> dict[str, Any]:
-    """Name and shape of the model (what DESIGN.md's ``model`` field holds)."""
+    """Name and shape of the model (a results file's ``model`` field)."""
     config = json.loads((path / "config.json").read_text())
     keys = (
         "model_type",

@@ -1,4 +1,5 @@
-"""Benchmark results: rows, percentiles, and the JSON file layout of DESIGN.md.
+"""Benchmark results: rows, percentiles, and the JSON file layout (bench/README.md,
+"Results files").
 
 A run writes ``bench/results/<YYYY-MM-DD>-<device>-<name>.json`` holding ``device``,
 ``model``, ``workload``, ``started`` and ``rows`` (one per system measured in that run).
@@ -49,7 +50,7 @@ class Percentiles:
 
 @dataclass(frozen=True)
 class Row:
-    """One system measured in a run (the DESIGN.md row fields, plus free-form extras)."""
+    """One system measured in a run (the row fields of a results file, plus extras)."""
 
     system: str
     policy: str
