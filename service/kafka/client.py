@@ -48,11 +48,11 @@ def raw_message(line: bytes, at_s: float = 0.0) -> Outgoing:
     return Outgoing(value=line, key=request_id.encode() if request_id else None, at_s=at_s)
 
 
-def prompt_request(
-    prompt: str, max_tokens: int = 64, request_id: str | None = None, **fields: object
-) -> Request:
+def prompt_request(prompt: str, max_tokens: int, temperature: float, ignore_eos: bool,
+                   request_id: str | None = None) -> Request:
+    """A request for one prompt (a random id unless one is given)."""
     return Request(id=request_id or uuid.uuid4().hex, prompt=prompt, max_tokens=max_tokens,
-                   **fields)  # type: ignore[arg-type]
+                   temperature=temperature, ignore_eos=ignore_eos)
 
 
 async def produce(
