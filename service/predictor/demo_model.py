@@ -17,8 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 from binbaton.service.predictor.corpus import Example, split_examples
 from binbaton.workers.engine.tiny import build_tokenizer as train_bpe
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 SEPARATOR = "\n\n"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
@@ -73,7 +82,6 @@ def make_batches(encoded: list[tuple[list[int], int]], batch_size: int, rng: ran
 
 
 def collate(encoded: list[tuple[list[int], int]], indices: list[int]):
-    import torch
 
     width = max(len(encoded[i][0]) for i in indices)
     input_ids = torch.zeros(len(indices), width, dtype=torch.long)  # [B, T], pad id 0
@@ -89,7 +97,6 @@ def collate(encoded: list[tuple[list[int], int]], indices: list[int]):
 
 def weighted_loss(logits, labels, eos_token_id: int, eos_weight: float):
     """Next-token cross-entropy over supervised positions, end-of-sequence weighted."""
-    import torch.nn.functional as F
 
     logits = logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
     targets = labels[:, 1:]  # [B, T-1], -100 where not supervised
@@ -102,7 +109,6 @@ def weighted_loss(logits, labels, eos_token_id: int, eos_weight: float):
 
 
 def llama_config(config: DemoModelConfig, tokenizer):
-    from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=len(tokenizer),
@@ -131,8 +137,6 @@ def train_demo_model(
     With ``init_dir`` (a model this function saved), training continues from it, with its
     tokenizer and shape (the shape fields of ``config`` are then ignored).
     """
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
 
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -219,8 +223,6 @@ def generated_lengths(
     """Completion length (tokens, EOS counted) of each prompt with HF generate.
 
     temperature 0 is greedy; above 0, pure sampling at that temperature (seeded)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
