@@ -34,7 +34,6 @@ from binbaton.workers.engine.request import GenerationRequest, SamplingParams
 from tqdm import tqdm
 
 HF_SYSTEMS = ("hf-generate", "hf-continuous")
-ENGINE_POLICIES = POLICIES
 LENGTH_SOURCES = (ORACLE, "predicted")
 DEFAULT_SYSTEMS = (
     "hf-generate,hf-continuous,static,multibin-static:2,multibin-static:4,multibin-static:8,"
@@ -49,8 +48,8 @@ class SystemSpec:
     lengths: str = ORACLE  # what the bins are computed from
 
     def __post_init__(self) -> None:
-        if self.name not in HF_SYSTEMS + ENGINE_POLICIES:
-            known = HF_SYSTEMS + ENGINE_POLICIES
+        if self.name not in HF_SYSTEMS + POLICIES:
+            known = HF_SYSTEMS + POLICIES
             raise ValueError(f"unknown system {self.name!r}; choose from {known}")
         if self.bins < 1:
             raise ValueError(f"bins must be >= 1, got {self.bins}")

@@ -47,6 +47,7 @@ from binbaton.service.classifier.bins import BinBoundaries
 from binbaton.service.kafka.broker import free_port
 from binbaton.service.kafka.client import ResultFollower, produce, request_message
 from binbaton.service.kafka.config import KafkaConfig
+from binbaton.workers.engine.config import POLICIES
 from tqdm import tqdm
 
 READY_PREFIX = "ready bootstrap="
@@ -57,8 +58,7 @@ STOP_TIMEOUT_S = 60.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workload_arguments(parser, default_requests="azure: 256, uniform: 256")
     parser.add_argument("--bins", type=int, default=4)
-    parser.add_argument("--policy", default="multibin-insert",
-                        choices=("static", "multibin-static", "insert", "multibin-insert"))
+    parser.add_argument("--policy", default="multibin-insert", choices=POLICIES)
     parser.add_argument("--kv-budget-tokens", type=int, default=None)
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--device", default="cpu")
