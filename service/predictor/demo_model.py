@@ -35,12 +35,14 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
 
 @dataclass(frozen=True)
 class DemoModelConfig:
+    """Defaults: the committed demo model's shape (``service/artifacts/demo-model``)."""
+
     vocab_size: int = 4096
-    hidden_size: int = 256
-    intermediate_size: int = 640
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_layers: int = 3
+    num_heads: int = 3
+    num_kv_heads: int = 1
     max_seq_len: int = 256
     batch_size: int = 16
     learning_rate: float = 3e-3

@@ -43,21 +43,23 @@ DEMO_MODEL_DIR = ARTIFACTS / "demo-model"
 
 
 def demo_model_main(argv: list[str]) -> int:
+    defaults = DemoModelConfig()
     parser = argparse.ArgumentParser(prog="binbaton train-predictor demo-model")
     parser.add_argument("--data", type=Path, default=INSTRUCTIONS)
     parser.add_argument("--out", type=Path, default=DEMO_MODEL_DIR)
-    parser.add_argument("--seconds", type=float, default=600.0, help="training wall-clock budget")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--hidden-size", type=int, default=192)
-    parser.add_argument("--intermediate-size", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--heads", type=int, default=3)
-    parser.add_argument("--kv-heads", type=int, default=1)
-    parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--seconds", type=float, default=defaults.train_seconds,
+                        help="training wall-clock budget")
+    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--hidden-size", type=int, default=defaults.hidden_size)
+    parser.add_argument("--intermediate-size", type=int, default=defaults.intermediate_size)
+    parser.add_argument("--layers", type=int, default=defaults.num_layers)
+    parser.add_argument("--heads", type=int, default=defaults.num_heads)
+    parser.add_argument("--kv-heads", type=int, default=defaults.num_kv_heads)
+    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--init", type=Path, default=None, help="continue training this model")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eos-loss-weight", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--eos-loss-weight", type=float, default=defaults.eos_loss_weight)
     args = parser.parse_args(argv)
     config = DemoModelConfig(
         vocab_size=args.vocab_size,
