@@ -16,6 +16,7 @@ from binbaton.service.app.cli import command_flags
 from binbaton.service.app.commands import SUMMARIES
 from binbaton.service.app.flags import Flag, resolve
 from binbaton.service.kafka.topics import TopicsConfig
+from helpers.data import needs_data
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -75,8 +76,7 @@ def flags_of_service(service: dict[str, Any]) -> dict[str, Flag]:
     return {flag.env: flag for flag in command_flags(command[0])}
 
 
-@pytest.mark.skipif(not COMPOSE_SPEC.exists(), reason=f"needs the Compose JSON schema "
-                    f"{COMPOSE_SPEC} (../shared/data beside the repository, as on CI)")
+@needs_data(COMPOSE_SPEC)
 def test_compose_validates_against_the_compose_spec(compose: dict[str, Any]) -> None:
     schema = json.loads(COMPOSE_SPEC.read_text())
     jsonschema.Draft7Validator.check_schema(schema)
