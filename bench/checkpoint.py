@@ -19,6 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from binbaton.workers.engine.tiny import save_tiny_checkpoint
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         arch="llama",
@@ -71,8 +73,6 @@ def prepare_checkpoint(model: str, work_dir: Path | None = None) -> Path:
 
 def _build_preset(preset: str, path: Path) -> None:
     """Written beside ``path`` and renamed into place, so a killed run leaves no half model."""
-    from binbaton.workers.engine.tiny import save_tiny_checkpoint
-
     overrides = dict(PRESETS[preset])
     arch = overrides.pop("arch")
     partial = path.with_name(path.name + ".partial")
@@ -82,7 +82,7 @@ def _build_preset(preset: str, path: Path) -> None:
 
 
 def describe_checkpoint(path: Path, preset: str | None) -> dict[str, Any]:
-    """Name and shape of the model (what DESIGN.md's ``model`` field holds)."""
+    """Name and shape of the model (a results file's ``model`` field)."""
     config = json.loads((path / "config.json").read_text())
     keys = (
         "model_type",

@@ -27,17 +27,13 @@ from binbaton.bench.measure import Measurement
 from binbaton.bench.memory import PeakMemory
 from binbaton.bench.plot import baseline, plot_result
 from binbaton.bench.results import RESULTS_DIR, BenchResult, Row, now_iso, write_result
-from binbaton.bench.workload import (
-    BenchRequest,
-    Workload,
-    add_workload_arguments,
-    build_workload,
-)
+from binbaton.bench.workload import AZURE_CSV, WORKLOADS, BenchRequest, Workload, build_workload
+from binbaton.workers.engine.config import POLICIES, EngineConfig
+from binbaton.workers.engine.engine import Engine
 from binbaton.workers.engine.request import GenerationRequest, SamplingParams
 from tqdm import tqdm
 
 HF_SYSTEMS = ("hf-generate", "hf-continuous")
-ENGINE_POLICIES = ("static", "multibin-static", "insert", "multibin-insert")
 LENGTH_SOURCES = (ORACLE, "predicted")
 DEFAULT_SYSTEMS = (
     "hf-generate,hf-continuous,static,multibin-static:2,multibin-static:4,multibin-static:8,"
@@ -52,8 +48,8 @@ class SystemSpec:
     lengths: str = ORACLE  # what the bins are computed from
 
     def __post_init__(self) -> None:
-        if self.name not in HF_SYSTEMS + ENGINE_POLICIES:
-            known = HF_SYSTEMS + ENGINE_POLICIES
+        if self.name not in HF_SYSTEMS + POLICIES:
+            known = HF_SYSTEMS + POLICIES
             raise ValueError(f"unknown system {self.name!r}; choose from {known}")
         if self.bins < 1:
             raise ValueError(f"bins must be >= 1, got {self.bins}")
@@ -87,6 +83,18 @@ def parse_systems(text: str) -> list[SystemSpec]:
     if not specs:
         raise ValueError("--systems names no system")
     return specs
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, default_requests: str) -> None:
+    """The model/workload flags `bench engine` and `bench pipeline` share."""
+    parser.add_argument("--model", default="tiny", help=f"checkpoint dir or {sorted(PRESETS)}")
+    parser.add_argument("--workload", choices=WORKLOADS, default="azure")
+    parser.add_argument("--requests", type=int, default=None, help=default_requests)
+    parser.add_argument("--scale", type=float, default=8.0, help="azure: divide lengths by this")
+    parser.add_argument("--trace", type=Path, default=AZURE_CSV)
+    parser.add_argument("--lo", type=int, default=100, help="uniform: shortest length")
+    parser.add_argument("--hi", type=int, default=1024, help="uniform: longest length")
+    parser.add_argument("--batch", type=int, default=16, help="B: running requests at most")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,9 +136,6 @@ def engine_requests(
 
 
 def make_engine(args: argparse.Namespace, path: Path, policy: str, max_len: int) -> Any:
-    from binbaton.workers.engine.config import EngineConfig
-    from binbaton.workers.engine.engine import Engine
-
     budget = args.kv_budget_tokens or args.batch * max_len
     return Engine(
         EngineConfig(

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from binbaton.bench.kernels import Timer, copy_bandwidth
 from binbaton.bench.results import RESULTS_DIR, now_iso, slug
+from binbaton.kernels.ops import TORCH_OPS
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -266,7 +267,7 @@ def accuracy(shape: Any, dtypes: Iterable[torch.dtype], device: torch.device,
                                    ("decode", lengths, 3)):
             layer_args = (shape, dtype, block_size, device, num_blocks)
             kernel = op_calls(Layer(*layer_args), ops, tokens, lens, splits)
-            twin = op_calls(Layer(*layer_args), reference_ops(), tokens, lens, None)
+            twin = op_calls(Layer(*layer_args), TORCH_OPS, tokens, lens, None)
             for name, call in kernel.items():
                 if mode == "decode" and name != "decode_attention":
                     continue  # the other ops ran with the prefill's tokens already
@@ -275,13 +276,6 @@ def accuracy(shape: Any, dtypes: Iterable[torch.dtype], device: torch.device,
                 rows.append({"op": label, "dtype": str(dtype)[6:],
                              "max_abs_error": error, "max_abs_value": magnitude})
     return rows
-
-
-def reference_ops() -> Any:
-    """The torch twins, called like the Triton ops (num_splits has no meaning there)."""
-    from binbaton.kernels.ops import TORCH_OPS
-
-    return TORCH_OPS
 
 
 # ------------------------------------------------------------------------ bandwidth

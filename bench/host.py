@@ -9,15 +9,15 @@ prefilled, then ``--steps`` decode steps are timed one by one after ``--warmup``
 BEFORE is the engine at a base commit (``--base``, default 16d0e76, where this branch
 started), extracted with ``git archive`` into a temporary directory and imported through a
 package shim (``binbaton.<x>`` -> its ``<x>/`` folder, as pyproject's package-dir maps
-them); AFTER is this tree, imported the same way. Each measurement runs this file's
-``measure`` in a subprocess of its own (one torch thread), BEFORE then AFTER at each batch
-size, ``--repeat`` times round-robin, in one run; the run with the least CPU time per step
-is reported for each. Reported per step: the process's CPU time, split into the model's
-forward and the engine outside it (scheduling, inputs, sampling, postprocessing); the wall
-time; and, in further steps of the same run, the engine alone: its CPU time per step with
-the forward replaced by fixed logits. Other work on the shared cores only ever adds time,
-so each CPU figure is the lower decile over the steps (the least disturbed steps), and the
-wall time the median.
+them); AFTER is this tree, imported the same way. Each measurement runs
+``host_measure.measure`` in a subprocess of its own (one torch thread), BEFORE then AFTER
+at each batch size, ``--repeat`` times round-robin, in one run; the run with the least CPU
+time per step is reported for each. Reported per step: the process's CPU time, split into
+the model's forward and the engine outside it (scheduling, inputs, sampling,
+postprocessing); the wall time; and, in further steps of the same run, the engine alone:
+its CPU time per step with the forward replaced by fixed logits. Other work on the shared
+cores only ever adds time, so each CPU figure is the lower decile over the steps (the least
+disturbed steps), and the wall time the median.
 
 On the CPU both versions run the forward eagerly through the torch twins of the kernel
 ops (the same ops, less the fused projections), so the forward's share is op dispatch and
@@ -31,15 +31,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from binbaton.bench import host_measure
+from binbaton.bench.checkpoint import describe_checkpoint
+from binbaton.bench.host_measure import (
+    ENGINE_ALONE_STEPS,
+    ENGINE_ALONE_WARMUP,
+    MAX_TOKENS,
+    PROMPT_TOKENS,
+)
 from binbaton.bench.results import RESULTS_DIR, BenchResult, Percentiles, Row, now_iso, write_result
+from binbaton.workers.engine.tiny import save_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = ("schemas", "service", "workers", "kernels", "bench")  # binbaton.<name> -> <name>/
@@ -47,9 +54,6 @@ PRESET: dict[str, Any] = dict(
     arch="llama", hidden_size=16, intermediate_size=32, num_hidden_layers=24,
     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048, vocab_size=300,
 )
-PROMPT_TOKENS = 16
-MAX_TOKENS = 512
-ENGINE_ALONE_WARMUP, ENGINE_ALONE_STEPS = 10, 200  # steps are short without the forward
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,87 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(least CPU per step) is reported")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default="host")
-
-
-# ---- one measurement, in a subprocess against one source tree -----------------------------
-
-
-def measure(checkpoint: str, batch: int, steps: int, warmup: int) -> dict[str, float]:
-    """Time decode steps of ``batch`` sequences with whatever engine ``binbaton`` is.
-
-    Per step: wall time, and the process's CPU time in total and inside the model's
-    forward (CPU time is what other work on shared cores disturbs least).
-    """
-    import torch
-    from binbaton.workers.engine.config import EngineConfig
-    from binbaton.workers.engine.engine import Engine
-    from binbaton.workers.engine.request import GenerationRequest, SamplingParams
-
-    torch.set_num_threads(1)
-    engine = Engine(EngineConfig(
-        model=checkpoint, policy="static", max_batch=batch, kernel_backend="torch",
-        kv_budget_tokens=batch * (PROMPT_TOKENS + MAX_TOKENS),
-    ))
-    vocab = engine.model.shape.vocab_size
-    for i in range(batch):
-        prompt = tuple(3 + (7 * i + j) % (vocab - 3) for j in range(PROMPT_TOKENS))
-        engine.add(GenerationRequest(id=f"h{i}", prompt_token_ids=prompt,
-                                     sampling=SamplingParams(max_tokens=MAX_TOKENS,
-                                                             ignore_eos=True)))
-    forward_cpu_s = _time_forward(engine.model)
-    engine.step()  # prefill (and a first decode step)
-    for _ in range(warmup):
-        engine.step()
-    wall, cpu, forward = [], [], []
-    for _ in range(steps):
-        forward_cpu_s.clear()
-        t0, c0 = time.perf_counter(), time.process_time()
-        engine.step()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-        forward.append(sum(forward_cpu_s))
-        assert engine.last_step.decode_tokens == batch and engine.last_step.admitted == 0
-    # The engine alone: the forward replaced by fixed logits, as on a GPU where the forward
-    # runs on the device (one graph replay) and leaves the host's caches to the engine.
-    fixed_logits = torch.randn(batch, vocab)
-    model: Any = engine.model
-    model.forward = lambda *args, **kwargs: fixed_logits
-    alone = []
-    for i in range(ENGINE_ALONE_WARMUP + ENGINE_ALONE_STEPS):
-        c0 = time.process_time()
-        engine.step()
-        if i >= ENGINE_ALONE_WARMUP:
-            alone.append(time.process_time() - c0)
-    return {
-        "wall_ms_per_step": 1000 * statistics.median(wall),
-        "wall_ms_p99": 1000 * sorted(wall)[min(len(wall) - 1, int(0.99 * len(wall)))],
-        "cpu_ms_per_step": 1000 * _lower_decile(cpu),
-        "forward_cpu_ms_per_step": 1000 * _lower_decile(forward),
-        "engine_cpu_ms_per_step": 1000 * _lower_decile(
-            [c - f for c, f in zip(cpu, forward, strict=True)]
-        ),
-        "engine_alone_cpu_ms_per_step": 1000 * _lower_decile(alone),
-    }
-
-
-def _lower_decile(values: list[float]) -> float:
-    return sorted(values)[len(values) // 10]
-
-
-def _time_forward(model: Any) -> list[float]:
-    """Record the CPU time of every call of ``model``'s forward into the returned list."""
-    seconds: list[float] = []
-    forward = model.forward
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.process_time()
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            seconds.append(time.process_time() - start)
-
-    model.forward = timed
-    return seconds
 
 
 # ---- the run: source trees, subprocesses, results -----------------------------------------
@@ -172,7 +95,7 @@ def run_measurement(shim: Path, checkpoint: Path, batch: int, args: argparse.Nam
     """``measure`` in a fresh interpreter that imports binbaton from ``shim`` only."""
     code = (
         "import json, runpy, sys; "
-        f"m = runpy.run_path({str(Path(__file__).resolve())!r}); "
+        f"m = runpy.run_path({str(Path(host_measure.__file__).resolve())!r}); "
         f"print(json.dumps(m['measure']({str(checkpoint)!r}, {batch}, {args.steps}, "
         f"{args.warmup})))"
     )
@@ -188,9 +111,6 @@ def git_commit(ref: str) -> str:
 
 
 def run(args: argparse.Namespace) -> BenchResult:
-    from binbaton.bench.checkpoint import describe_checkpoint
-    from binbaton.workers.engine.tiny import save_tiny_checkpoint
-
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if not batches or min(batches) < 1 or args.steps < 1 or args.repeat < 1 or args.warmup < 0:
         raise ValueError("--batches, --steps, --repeat must be >= 1 and --warmup >= 0")

@@ -18,16 +18,17 @@ import torch
 from binbaton.bench.measure import Measurement
 from binbaton.bench.memory import PeakMemory
 from binbaton.bench.workload import BenchRequest
+from binbaton.workers.engine.loader import DTYPES
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NO_EOS = -1  # transformers continuous batching: an EOS id that never matches
 
 
 def load_model(path: str, device: str, dtype: str) -> Any:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
-    return model.to(device).eval()
+    # transformers' decorators hide PreTrainedModel.to's signature from mypy
+    return model.to(device).eval()  # type: ignore[arg-type]
 
 
 class FirstTokenClock(LogitsProcessor):
@@ -99,7 +100,7 @@ def continuous_batching_config(batch: int, max_len: int, page_size: int) -> Any:
     """A ContinuousBatchingConfig capped at ``batch`` running requests, cache sized to fit."""
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-    wanted = {
+    wanted: dict[str, Any] = {
         "max_requests_per_batch": batch,
         "page_size": page_size,
         "block_size": page_size,  # the field's name before transformers 5.17

@@ -1,8 +1,8 @@
 """Predicted output lengths and bins for the benchmark's requests.
 
 ``oracle`` rows bin on the true (forced) length. Predictor rows ask a
-``binbaton.service.predictor.LengthPredictor`` chosen by name, given what a client would
-send (prompt token ids and a ``max_tokens`` cap, no hint of the true length).
+``binbaton.service.predictor.interface.LengthPredictor`` chosen by name, given what a client
+would send (prompt token ids and a ``max_tokens`` cap, no hint of the true length).
 """
 
 from __future__ import annotations
@@ -12,35 +12,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from binbaton.bench.workload import BenchRequest
-from binbaton.service import predictor as predictor_module
-from binbaton.service.bins import BinBoundaries
-from binbaton.service.predictor import (
-    LengthPredictor,
-    MaxTokensPredictor,
-    OraclePredictor,
-    PredictionInput,
-)
+from binbaton.service.classifier.bins import BinBoundaries
+from binbaton.service.predictor.interface import LengthPredictor, PredictionInput
+from binbaton.service.predictor.registry import make_predictor as registry_predictor
 
 ORACLE = "oracle"
-PREDICTOR_NAMES = ("oracle", "max_tokens", "learned", "module:attribute")
 
 
 def make_predictor(name: str, path: Path | None = None) -> LengthPredictor:
     """The service's predictor registry by name ('learned' reads ``path`` or the shipped
     artifact), or 'module:attr' for any other LengthPredictor factory."""
     if ":" not in name:
-        registry = getattr(predictor_module, "make_predictor", None)
-        if registry is not None:
-            return registry(name, artifact=path)
-    if name == "oracle":
-        return OraclePredictor()
-    if name == "max_tokens":
-        return MaxTokensPredictor()
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        factory = getattr(importlib.import_module(module), attr)
-        return factory() if isinstance(factory, type) or callable(factory) else factory
-    raise ValueError(f"unknown predictor {name!r}; choose one of {PREDICTOR_NAMES}")
+        return registry_predictor(name, artifact=path)
+    module, _, attr = name.partition(":")
+    factory = getattr(importlib.import_module(module), attr)
+    predictor: LengthPredictor = factory() if callable(factory) else factory
+    return predictor
 
 
 def predict_lengths(

@@ -1,4 +1,5 @@
-"""The Multi-Bin queueing model (PAPERS.md): closed forms and a vectorized simulator.
+"""The Multi-Bin queueing model (README's "References"): closed forms and a vectorized
+simulator.
 
 Model: one server serves batches of exactly B requests (the last batch of a bin may be
 short when the requests run out); a batch takes as long as its longest member; requests

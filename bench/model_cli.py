@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     return BenchResult(
         name=args.name or f"model-{args.lengths}-{args.arrival}",
         device="cpu",
-        model={"name": "Multi-Bin queueing model (PAPERS.md)", "batch": args.batch},
+        model={"name": "Multi-Bin queueing model (arXiv 2412.04504)", "batch": args.batch},
         workload=workload,
         started=started,
         rows=tuple(rows),

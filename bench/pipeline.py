@@ -25,7 +25,13 @@ from typing import Any
 
 import torch
 from binbaton.bench.checkpoint import PRESETS, describe_checkpoint, prepare_checkpoint
-from binbaton.bench.engine import engine_requests, make_engine, print_table, run_engine
+from binbaton.bench.engine import (
+    add_workload_arguments,
+    engine_requests,
+    make_engine,
+    print_table,
+    run_engine,
+)
 from binbaton.bench.measure import Measurement
 from binbaton.bench.memory import PeakMemory
 from binbaton.bench.plot import plot_result
@@ -33,10 +39,15 @@ from binbaton.bench.results import RESULTS_DIR, BenchResult, now_iso, write_resu
 from binbaton.bench.workload import (
     BenchRequest,
     Workload,
-    add_workload_arguments,
     build_workload,
 )
-from binbaton.service.bins import BinBoundaries
+from binbaton.schemas.messages import Request
+from binbaton.schemas.topics import TopicNames
+from binbaton.service.classifier.bins import BinBoundaries
+from binbaton.service.kafka.broker import free_port
+from binbaton.service.kafka.client import ResultFollower, produce, request_message
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.workers.engine.config import POLICIES
 from tqdm import tqdm
 
 READY_PREFIX = "ready bootstrap="
@@ -47,8 +58,7 @@ STOP_TIMEOUT_S = 60.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workload_arguments(parser, default_requests="azure: 256, uniform: 256")
     parser.add_argument("--bins", type=int, default=4)
-    parser.add_argument("--policy", default="multibin-insert",
-                        choices=("static", "multibin-static", "insert", "multibin-insert"))
+    parser.add_argument("--policy", default="multibin-insert", choices=POLICIES)
     parser.add_argument("--kv-budget-tokens", type=int, default=None)
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -142,17 +152,20 @@ class Service:
             self.process.wait(timeout=10)
 
 
+TOPICS = TopicNames("bench")
+
+
 def service_argv(
     args: argparse.Namespace, path: Path, edges: tuple[int, ...], port: int, budget: int, n: int
 ) -> list[str]:
     argv = [
-        sys.executable, "-m", "binbaton.service.cli", "up",
+        sys.executable, "-m", "binbaton.service.app.cli", "up",
         "--broker-port", str(port), "--model", str(path), "--bins", str(args.bins),
         "--predictor", "oracle", "--policy", args.policy, "--max-batch", str(args.batch),
         "--kv-budget-tokens", str(budget), "--device", args.device, "--dtype", args.dtype,
         "--partitions", str(args.partitions), "--workers", "1",
         "--max-in-flight", str(n + 1),  # the worker sees the whole queue, as the engine does
-        "--topic-prefix", "bench",
+        "--topic-prefix", TOPICS.prefix,
     ]
     if edges:
         argv += ["--bin-edges", ",".join(str(e) for e in edges)]
@@ -168,9 +181,7 @@ def service_env(threads: int) -> dict[str, str]:
 # ---- the client ------------------------------------------------------------------------
 
 
-def kafka_request(req: BenchRequest) -> Any:
-    from binbaton.schemas import Request
-
+def kafka_request(req: BenchRequest) -> Request:
     return Request(
         id=req.id,
         prompt_token_ids=list(req.prompt_token_ids),
@@ -187,20 +198,16 @@ async def through_kafka(
     progress: bool,
     timeout: float,
 ) -> Measurement:
-    from binbaton.service.client import ResultFollower, produce, request_message
-    from binbaton.service.config import KafkaConfig
-
     kafka = KafkaConfig(bootstrap_servers=bootstrap, client_id="binbaton-bench")
-    requests_topic, results_topic = "bench.requests", "bench.results"
-    async with ResultFollower(kafka, results_topic, from_beginning=False) as follower:
+    async with ResultFollower(kafka, TOPICS.results, from_beginning=False) as follower:
         warm = BenchRequest(f"warmup-{requests[0].id}", requests[0].prompt_token_ids[:16], 2)
-        await produce(kafka, requests_topic, [request_message(kafka_request(warm))])
+        await produce(kafka, TOPICS.requests, [request_message(kafka_request(warm))])
         await _wait_for(follower, {warm.id}, False, timeout)
         service.reset_peak_memory()
         cpu0 = service.cpu_seconds()
         t0 = time.time()
         messages = [request_message(kafka_request(r)) for r in requests]
-        await produce(kafka, requests_topic, messages)
+        await produce(kafka, TOPICS.requests, messages)
         results = await _wait_for(follower, {r.id for r in requests}, progress, timeout)
         elapsed = time.time() - t0
         cpu_s = service.cpu_seconds() - cpu0
@@ -239,8 +246,6 @@ def equal_mass_edges(workload: Workload, bins: int) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> BenchResult:
-    from binbaton.service.broker import free_port
-
     if args.batch < 1 or args.bins < 1 or args.repeat < 1:
         raise ValueError("--batch, --bins and --repeat must be >= 1")
     torch.set_num_threads(args.threads)

@@ -1,4 +1,5 @@
-"""Benchmark results: rows, percentiles, and the JSON file layout of DESIGN.md.
+"""Benchmark results: rows, percentiles, and the JSON file layout (bench/README.md,
+"Results files").
 
 A run writes ``bench/results/<YYYY-MM-DD>-<device>-<name>.json`` holding ``device``,
 ``model``, ``workload``, ``started`` and ``rows`` (one per system measured in that run).
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from binbaton.workers.engine.config import POLICIES as ENGINE_POLICIES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SYSTEMS = ("binbaton", "hf-generate", "hf-continuous", "model", "pipeline")
-POLICIES = ("static", "multibin-static", "insert", "multibin-insert", "")
+POLICIES = (*ENGINE_POLICIES, "")  # "": a row of a system without policies
 RESULT_FIELDS = ("device", "model", "workload", "started", "rows")
 THROUGHPUT_ROW_FIELDS = (
     "system", "policy", "bins", "batch", "output_tokens_per_s", "requests_per_s",
@@ -48,7 +50,7 @@ class Percentiles:
 
 @dataclass(frozen=True)
 class Row:
-    """One system measured in a run (the DESIGN.md row fields, plus free-form extras)."""
+    """One system measured in a run (the row fields of a results file, plus extras)."""
 
     system: str
     policy: str
@@ -131,7 +133,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def length_stats(values: Sequence[int]) -> dict[str, float]:
+def length_stats(values: Sequence[int] | np.ndarray) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
     return {
         "mean": round(float(arr.mean()), 2),

@@ -15,7 +15,6 @@ length (ignore_eos with max_tokens = target), the standard way to benchmark thro
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from dataclasses import dataclass
@@ -170,17 +169,3 @@ def instructions_workload(
     params = {"source": path.name, "scale": scale, "seed": seed,
               "output_lengths": "reference response tokens (model tokenizer) / scale"}
     return Workload("instructions", tuple(requests), params)
-
-
-def add_workload_arguments(parser: argparse.ArgumentParser, default_requests: str) -> None:
-    """The model/workload flags `bench engine` and `bench pipeline` share."""
-    from binbaton.bench.checkpoint import PRESETS
-
-    parser.add_argument("--model", default="tiny", help=f"checkpoint dir or {sorted(PRESETS)}")
-    parser.add_argument("--workload", choices=WORKLOADS, default="azure")
-    parser.add_argument("--requests", type=int, default=None, help=default_requests)
-    parser.add_argument("--scale", type=float, default=8.0, help="azure: divide lengths by this")
-    parser.add_argument("--trace", type=Path, default=AZURE_CSV)
-    parser.add_argument("--lo", type=int, default=100, help="uniform: shortest length")
-    parser.add_argument("--hi", type=int, default=1024, help="uniform: longest length")
-    parser.add_argument("--batch", type=int, default=16, help="B: running requests at most")

@@ -25,6 +25,7 @@ frame is spill space.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import multiprocessing
@@ -236,9 +237,10 @@ def resource_usage(cubin: bytes) -> tuple[int, int]:
 
 def compile_job(job: Job) -> Result:
     config = job.config
-    described = dict(kernel=job.kernel, label=job.label, dtype=job.dtype, arch=job.arch,
-                     constexprs=" ".join(f"{k}={v}" for k, v in config.constexprs.items()),
-                     num_warps=config.num_warps, num_stages=config.num_stages)
+    described = functools.partial(
+        Result, kernel=job.kernel, label=job.label, dtype=job.dtype, arch=job.arch,
+        constexprs=" ".join(f"{k}={v}" for k, v in config.constexprs.items()),
+        num_warps=config.num_warps, num_stages=config.num_stages)
     start = time.perf_counter()
     try:
         fn = _kernel(job.kernel)
@@ -250,10 +252,10 @@ def compile_job(job: Job) -> Result:
         registers, stack = resource_usage(compiled.asm["cubin"])
     except Exception as error:  # reported per configuration, the run goes on
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return Result(**described, seconds=time.perf_counter() - start,
-                      error=f"{type(error).__name__}: {first_line}")
-    return Result(**described, shared=compiled.metadata.shared, registers=registers,
-                  spill_bytes=stack, seconds=round(time.perf_counter() - start, 2))
+        return described(seconds=time.perf_counter() - start,
+                         error=f"{type(error).__name__}: {first_line}")
+    return described(shared=compiled.metadata.shared, registers=registers, spill_bytes=stack,
+                     seconds=round(time.perf_counter() - start, 2))
 
 
 def compile_all(jobs: list[Job], processes: int = 1) -> list[Result]:

@@ -1,45 +1,6 @@
-"""Wire schemas: msgspec structs for every topic payload, plus their codecs."""
+"""The contract every process shares: wire messages (``messages``, ``codec``), topic names
+(``topics``), error codes (``errors``) and how a setting is declared (``settings``).
 
-from binbaton.schemas.codec import (
-    InvalidMessage,
-    dead_letter,
-    decode_binned,
-    decode_dead_letter,
-    decode_request,
-    decode_result,
-    encode,
-    error_result,
-    json_schema,
-    now_ms,
-    recover_id,
-)
-from binbaton.schemas.messages import (
-    BinnedRequest,
-    DeadLetter,
-    ErrorInfo,
-    Request,
-    Result,
-    Timings,
-    Usage,
-)
-
-__all__ = [
-    "BinnedRequest",
-    "DeadLetter",
-    "ErrorInfo",
-    "InvalidMessage",
-    "Request",
-    "Result",
-    "Timings",
-    "Usage",
-    "dead_letter",
-    "decode_binned",
-    "decode_dead_letter",
-    "decode_request",
-    "decode_result",
-    "encode",
-    "error_result",
-    "json_schema",
-    "now_ms",
-    "recover_id",
-]
+Import the submodule you need (``from binbaton.schemas.messages import Request``): this
+package imports nothing, so the engine can use ``errors`` without msgspec installed.
+"""

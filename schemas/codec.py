@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import msgspec
+from binbaton.schemas.errors import ErrorCode
 from binbaton.schemas.messages import (
     BinnedRequest,
     DeadLetter,
@@ -27,7 +28,7 @@ _any_decoder = msgspec.json.Decoder()
 class InvalidMessage(ValueError):
     """A payload that does not decode or validate; ``code`` is machine-readable."""
 
-    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, request_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.request_id = request_id
@@ -41,9 +42,11 @@ def _decode(decoder: msgspec.json.Decoder, raw: bytes, what: str) -> Any:
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise InvalidMessage("invalid_request", f"invalid {what}: {exc}", recover_id(raw)) from exc
+        raise InvalidMessage(ErrorCode.INVALID_REQUEST, f"invalid {what}: {exc}",
+                             recover_id(raw)) from exc
     except msgspec.DecodeError as exc:
-        raise InvalidMessage("invalid_json", f"{what} is not valid JSON: {exc}") from exc
+        raise InvalidMessage(ErrorCode.INVALID_JSON,
+                             f"{what} is not valid JSON: {exc}") from exc
 
 
 def decode_request(raw: bytes) -> Request:

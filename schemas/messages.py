@@ -1,4 +1,4 @@
-"""Every payload on every topic (the wire contract in DESIGN.md), as msgspec structs.
+"""Every payload on every topic (the wire contract in README's "Messages"), as msgspec structs.
 
 Decode at the Kafka boundary with the decoders in ``binbaton.schemas.codec``; the rest
 of the code sees these typed objects only.

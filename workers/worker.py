@@ -1,22 +1,20 @@
-"""The worker process: Kafka bins in, engine in the middle, results out.
+"""The worker's serving core: take a bin message, submit it to the engine, publish the result.
 
-One consumer group per bin (``<prefix>.worker.bin-<i>``), so one AIOKafkaConsumer per
-served bin; they share one engine, one producer and one bound on in-flight messages.
+One consumer group per bin (``<prefix>.worker.bin-<i>``), so one BinConsumer per served
+bin; they share one engine, one producer and one bound on in-flight messages.
 
-Flow control and delivery (DESIGN.md, "Delivery semantics"):
+Flow control and delivery (README's "Messages", at-least-once):
 - a message is *in flight* from the moment it is taken until its result is acknowledged
   by the broker; at most ``max_in_flight`` are. When full, every assigned partition is
   paused (and re-paused after a rebalance); records a poll hands over beyond the bound
   are given back with a seek.
-- completions are out of order, so each consumer's OffsetTracker commits per partition
-  up to the lowest offset whose result is not yet acknowledged (periodically, on revoke
-  and at shutdown). A message whose result was not acknowledged is never committed: it
-  is redelivered (at-least-once; clients de-duplicate by id).
+- a message whose result was not acknowledged is never committed (BinConsumer): it is
+  redelivered (clients de-duplicate by id).
 - the engine steps in its own thread (AsyncEngine), so the event loop keeps heartbeating.
 
-Shutdown (SIGTERM/SIGINT): stop taking messages, let in-flight requests finish within
-``drain_timeout_s``, publish and commit them, leave the groups. A second signal skips
-the rest of the drain.
+Shutdown: once ``stop`` is set, stop taking messages, let in-flight requests finish within
+``drain_timeout_s``, publish and commit them, leave the groups; ``abort`` skips the rest of
+the drain (``binbaton worker`` sets them on the first and second SIGTERM/SIGINT).
 
 Observability (optional ``Telemetry`` and ``Metrics``): each record gets a
 ``process binbaton.bin.<i>`` span (from the moment it was taken until its result is
@@ -30,18 +28,14 @@ finish; consumer lag and batch occupancy every ``GAUGE_INTERVAL_S``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import signal
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from binbaton.schemas.codec import (
     InvalidMessage,
@@ -52,9 +46,11 @@ from binbaton.schemas.codec import (
     now_ms,
     recover_id,
 )
+from binbaton.schemas.errors import ErrorCode
 from binbaton.schemas.messages import BinnedRequest, DeadLetter, ErrorInfo, Result, Timings
-from binbaton.service.metrics import Metrics, update_consumer_lag
-from binbaton.service.tracing import (
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.telemetry.metrics import Metrics
+from binbaton.service.telemetry.tracing import (
     BIN,
     WORKER_SERVICE,
     GenerationTimeline,
@@ -63,6 +59,7 @@ from binbaton.service.tracing import (
     seconds_to_ns,
 )
 from binbaton.workers.config import WorkerConfig
+from binbaton.workers.consumer import BinConsumer
 from binbaton.workers.engine.request import GenerationOutput, GenerationRequest
 from binbaton.workers.messages import (
     Headers,
@@ -70,30 +67,16 @@ from binbaton.workers.messages import (
     to_generation_request,
     trace_headers,
 )
-from binbaton.workers.offsets import OffsetTracker
 from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
 STAGE = "worker"
 PUBLISH_RETRY_S = 0.5
-GAUGE_INTERVAL_S = 1.0  # consumer lag and batch occupancy refresh
 
 
 class WorkerError(RuntimeError):
     """The worker cannot serve (e.g. its topics do not exist)."""
-
-
-class KafkaSettings(Protocol):
-    """What the worker needs of ``binbaton.service.config.KafkaConfig``."""
-
-    bootstrap_servers: str
-
-    def producer_kwargs(self, client_id: str | None = None) -> dict[str, Any]: ...
-
-    def consumer_kwargs(
-        self, group_id: str | None, client_id: str | None = None
-    ) -> dict[str, Any]: ...
 
 
 class EngineService(Protocol):
@@ -111,83 +94,13 @@ def ready_line(config: WorkerConfig) -> str:
     return f"worker ready id={config.worker_id} bins={','.join(map(str, config.bins))}"
 
 
-class BinConsumer(ConsumerRebalanceListener):
-    """The consumer of one bin's group, its offset tracker, and its rebalance callbacks."""
-
-    def __init__(self, worker: Worker, bin: int, consumer: AIOKafkaConsumer) -> None:
-        self.worker = worker
-        self.bin = bin
-        self.consumer = consumer
-        self.tracker = OffsetTracker()
-        self.joined = asyncio.Event()
-        self.pauses = 0  # times this consumer paused its partitions because the worker was full
-        self.repauses = 0  # ... of which right after a rebalance assigned partitions
-        self._commit_lock = asyncio.Lock()
-        self._last_commit = time.monotonic()
-        self._gauges_updated = 0.0
-        self.depth = 0  # records of this bin taken and not yet finished (queue depth)
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Commit what is acknowledged, then forget: the new owner starts from there.
-        await self.commit(revoked)
-        self.tracker.reset(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        # A rebalance forgets pauses: re-pause when the worker is still full.
-        if self.worker.is_full() and assigned:
-            self.consumer.pause(*assigned)
-            self.pauses += 1
-            self.repauses += 1
-        self.joined.set()
-        log.info("bin %d: assigned %s", self.bin, sorted(assigned))
-
-    def pause_all(self) -> None:
-        unpaused = self.consumer.assignment() - self.consumer.paused()
-        if unpaused:
-            self.consumer.pause(*unpaused)
-            self.pauses += 1
-
-    def resume_all(self) -> None:
-        paused = self.consumer.paused()
-        if paused:
-            self.consumer.resume(*paused)
-
-    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
-        """Commit, per partition, up to the lowest offset not yet acknowledged."""
-        async with self._commit_lock:
-            self._last_commit = time.monotonic()
-            offsets = self.tracker.committable(partitions)
-            if not offsets:
-                return
-            try:
-                await self.consumer.commit(offsets)
-            except KafkaError as exc:  # rebalanced away, broker gone: redelivered later
-                log.warning("bin %d: commit of %s failed: %r", self.bin, offsets, exc)
-                return
-            self.tracker.committed(offsets)
-            log.debug("bin %d: committed %s", self.bin, offsets)
-
-    async def maybe_commit(self, interval_s: float) -> None:
-        if time.monotonic() - self._last_commit >= interval_s:
-            await self.commit()
-
-    async def maybe_update_lag(self, metrics: Metrics | None) -> bool:
-        """Refresh this consumer's lag gauges every GAUGE_INTERVAL_S; True if it did."""
-        if metrics is None or time.monotonic() - self._gauges_updated < GAUGE_INTERVAL_S:
-            return False
-        self._gauges_updated = time.monotonic()
-        with contextlib.suppress(KafkaError, AssertionError):  # rebalancing: next time
-            await update_consumer_lag(metrics, self.consumer)
-        return True
-
-
 class Worker:
     """Serves the configured bins until ``stop`` is set; see the module docstring."""
 
     def __init__(
         self,
         config: WorkerConfig,
-        kafka: KafkaSettings,
+        kafka: KafkaConfig,
         engine: EngineService,
         on_ready: Callable[[], None] | None = None,
         telemetry: Telemetry | None = None,
@@ -261,8 +174,9 @@ class Worker:
 
     async def _wait_joined(self) -> bool:
         """True once every bin's group assigned us (maybe no partitions); False if stopped."""
-        joined = asyncio.ensure_future(asyncio.gather(*(c.joined.wait() for c in self._consumers)))
-        stopped = asyncio.ensure_future(self._stop.wait())
+        joined: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(c.joined.wait() for c in self._consumers)))
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait([joined, stopped], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         joined.cancel()
@@ -386,7 +300,7 @@ class Worker:
                 log.exception("serving %s[%d]@%d failed", record.topic, record.partition,
                               record.offset)
                 mark_error(span, exc)
-                error = ErrorInfo("internal", f"worker error: {exc!r}")
+                error = ErrorInfo(ErrorCode.INTERNAL, f"worker error: {exc!r}")
                 acknowledged = await self._reject(record, bin_consumer.bin, error,
                                                   recover_id(record.value or b""), span)
         except BaseException as exc:  # cancelled by the drain: redelivered later
@@ -413,7 +327,7 @@ class Worker:
         try:
             request = to_generation_request(binned)
         except ValueError as exc:
-            error = ErrorInfo("invalid_request", f"invalid binned request: {exc}")
+            error = ErrorInfo(ErrorCode.INVALID_REQUEST, f"invalid binned request: {exc}")
             return await self._reject(record, bin_consumer.bin, error, binned.request.id, span,
                                       binned)
         try:
@@ -431,8 +345,8 @@ class Worker:
         result = build_result(binned, output, self.config.worker_id)
         self.telemetry.annotate(span, result)
         sends = [self._publish(self.config.results_topic, result, request.id, record, span)]
-        if output.error is not None:
-            mark_error(span, output.error.code)
+        if result.error is not None:
+            mark_error(span, result.error.code)
             letter = dead_letter(record.value, result.error, record.topic, record.partition,
                                  record.offset, request.id, STAGE)
             sends.append(self._publish(self.config.dlq_topic, letter, request.id, record, span))
@@ -538,7 +452,7 @@ class Worker:
 async def serve(
     worker_config: WorkerConfig,
     engine: EngineService,
-    kafka: KafkaSettings,
+    kafka: KafkaConfig,
     stop: asyncio.Event,
     abort: asyncio.Event | None = None,
     on_ready: Callable[[], None] | None = None,
@@ -550,116 +464,3 @@ async def serve(
     ``telemetry``/``metrics`` are the caller's (it shuts them down); None: off."""
     worker = Worker(worker_config, kafka, engine, on_ready, telemetry, metrics)
     return await worker.run(stop, abort)
-
-
-def run_worker(
-    worker_config: WorkerConfig,
-    engine_config: Any,
-    kafka: KafkaSettings,
-    on_ready: Callable[[], None] | None = None,
-    telemetry: Telemetry | None = None,
-    metrics: Metrics | None = None,
-) -> int:
-    """Blocking entry point (``binbaton worker``): load the model, serve until a signal.
-
-    ``engine_config`` is a ``binbaton.workers.engine.config.EngineConfig``. SIGTERM or
-    SIGINT drains; a second one skips the rest of the drain. Returns the exit code.
-    ``telemetry``/``metrics``: the caller's, shut down by the caller; None: off.
-    """
-    from binbaton.workers.engine.async_engine import AsyncEngine
-    from binbaton.workers.engine.engine import Engine
-
-    try:
-        engine = AsyncEngine(Engine(engine_config))  # load the model before joining any group
-    except (ValueError, OSError) as exc:  # unsupported architecture, missing files, …
-        log.error("worker cannot load model %s: %s", engine_config.model, exc)
-        return 1
-    return asyncio.run(_run_until_signal(worker_config, engine, kafka, on_ready, telemetry,
-                                         metrics))
-
-
-async def _run_until_signal(
-    worker_config: WorkerConfig,
-    engine: EngineService,
-    kafka: KafkaSettings,
-    on_ready: Callable[[], None] | None,
-    telemetry: Telemetry | None,
-    metrics: Metrics | None,
-) -> int:
-    stop, abort = asyncio.Event(), asyncio.Event()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second %s: skipping the drain", signal.Signals(signum).name)
-            abort.set()
-        else:
-            log.info("%s: stopping", signal.Signals(signum).name)
-            stop.set()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        return await serve(worker_config, engine, kafka, stop, abort, on_ready, telemetry,
-                           metrics)
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m binbaton.workers.worker``: a worker with explicit settings (tests, debugging).
-
-    The product's entry point is ``binbaton worker`` (service/cli.py), which reads the
-    ``BINBATON_*`` environment too.
-    """
-    from binbaton.service.config import KafkaConfig
-    from binbaton.workers.engine.config import EngineConfig
-
-    parser = argparse.ArgumentParser(prog="python -m binbaton.workers.worker")
-    parser.add_argument("--bootstrap-servers", required=True)
-    parser.add_argument("--topic-prefix", default="binbaton")
-    parser.add_argument("--bins", required=True, help="comma-separated bin indices, e.g. 0,1")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--policy", default="multibin-insert")
-    parser.add_argument("--max-batch", type=int, default=None)
-    parser.add_argument("--worker-id", default=None)
-    parser.add_argument("--max-in-flight", type=int, default=64)
-    parser.add_argument("--drain-timeout", type=float, default=30.0)
-    parser.add_argument("--commit-interval", type=float, default=1.0)
-    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
-    parser.add_argument("--heartbeat-interval-ms", type=int, default=2_000)
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    worker_kwargs: dict[str, Any] = {}
-    if args.worker_id:
-        worker_kwargs["worker_id"] = args.worker_id
-    worker_config = WorkerConfig(
-        bins=tuple(int(b) for b in args.bins.split(",") if b.strip()),
-        topic_prefix=args.topic_prefix,
-        max_in_flight=args.max_in_flight,
-        drain_timeout_s=args.drain_timeout,
-        commit_interval_s=args.commit_interval,
-        **worker_kwargs,
-    )
-    kafka = KafkaConfig(
-        bootstrap_servers=args.bootstrap_servers,
-        client_id="binbaton-worker",
-        session_timeout_ms=args.session_timeout_ms,
-        heartbeat_interval_ms=args.heartbeat_interval_ms,
-    )
-    engine_kwargs: dict[str, Any] = {}
-    if args.max_batch is not None:
-        engine_kwargs["max_batch"] = args.max_batch
-    engine_config = EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
-                                 policy=args.policy, **engine_kwargs)
-    return run_worker(worker_config, engine_config, kafka)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,13 +1,22 @@
-"""Integration fixtures: a real embedded Kafka broker (tansu) on a free port."""
+"""Integration fixtures: a real embedded Kafka broker (tansu) on a free port. Every test
+here is marked ``broker`` (``make unit`` leaves them out)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
-from binbaton.service.broker import EmbeddedBroker, free_port
-from binbaton.service.config import TopicsConfig
-from binbaton.service.topics import create_service_topics, ensure_topics
+from binbaton.service.kafka.broker import EmbeddedBroker, free_port
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics, ensure_topics
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.broker)
 
 
 @pytest.fixture(scope="session")

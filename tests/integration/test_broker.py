@@ -7,9 +7,8 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
-from binbaton.service.broker import BrokerError, EmbeddedBroker, answers_metadata, free_port
-from binbaton.service.config import TopicsConfig
-from binbaton.service.topics import create_service_topics, topic_plan
+from binbaton.service.kafka.broker import BrokerError, EmbeddedBroker, answers_metadata, free_port
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics, topic_plan
 
 
 def test_broker_starts_answers_and_stops() -> None:
@@ -67,7 +66,7 @@ async def test_produce_and_consume_through_group(broker: str, unique_prefix: str
 
 async def test_existing_topics_are_kept_as_they_are(broker: str, unique_prefix: str,
                                                     create_topics) -> None:
-    from binbaton.service.topics import TopicError, ensure_topics
+    from binbaton.service.kafka.topics import TopicError, ensure_topics
 
     topic = f"{unique_prefix}.few"
     await create_topics({topic: 1})

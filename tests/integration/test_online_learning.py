@@ -4,20 +4,21 @@ actual lengths arrive on ``binbaton.results``, and the learned predictor's error
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import numpy as np
-import pytest
 from aiokafka import AIOKafkaProducer
-from binbaton.schemas import Request, Result, Usage, encode
-from binbaton.service.classifier import Classifier, Router
-from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
-from binbaton.service.features import FeatureConfig
-from binbaton.service.learned import LengthModel
-from binbaton.service.predictor import PredictionInput, make_predictor
-from binbaton.service.topics import create_service_topics
-
-pytestmark = pytest.mark.broker
+from binbaton.schemas.codec import encode
+from binbaton.schemas.messages import Request, Result, Usage
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.router import Router
+from binbaton.service.classifier.service import Classifier
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
+from binbaton.service.predictor.features import FeatureConfig
+from binbaton.service.predictor.interface import PredictionInput
+from binbaton.service.predictor.learned import LengthModel
+from binbaton.service.predictor.registry import make_predictor
+from helpers.waiting import wait_for
 
 KINDS = (  # the kind of prompt decides the answer length
     ("Compute {a} plus {b} and explain each step.", 40),
@@ -39,14 +40,6 @@ def toy_pairs(count: int, seed: int) -> list[tuple[str, int]]:
 def probe_mae(predictor, probe: list[tuple[str, int]]) -> float:
     predicted = predictor.predict([PredictionInput(p, (), 256) for p, _ in probe])
     return float(np.mean([abs(p - a) for p, (_, a) in zip(predicted, probe, strict=True)]))
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 async def test_classifier_learns_lengths_from_results(

@@ -13,21 +13,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from binbaton.schemas import DeadLetter, Request, decode_dead_letter, encode
-from binbaton.service.classifier import Classifier, Decision, Router
-from binbaton.service.client import ResultFollower
-from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
-from binbaton.service.supervisor import split_bins
-from binbaton.service.topics import create_service_topics
+from aiokafka import AIOKafkaProducer
+from binbaton.schemas.codec import decode_dead_letter, encode
+from binbaton.schemas.messages import DeadLetter, Request
+from binbaton.service.app.supervisor import split_bins
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.router import Decision, Router
+from binbaton.service.classifier.service import Classifier
+from binbaton.service.kafka.client import ResultFollower
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.engine.async_engine import AsyncEngine
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.engine import Engine
 from binbaton.workers.engine.request import GenerationRequest, SamplingParams
 from binbaton.workers.worker import serve
-
-pytestmark = pytest.mark.broker
+from helpers.fakes import ExplodingPredictor
+from helpers.kafka import read_records
 
 BIN_EDGES = (8, 16)  # k = 3 bins by predicted tokens (the max_tokens predictor)
 MAX_TOKENS_LIMIT = 48
@@ -60,7 +63,7 @@ async def pipeline(bootstrap: str, prefix: str, model: Path, workers: int = 2
     kafka = kafka_config(bootstrap)
     topics = TopicsConfig(prefix=prefix, num_bins=len(BIN_EDGES) + 1)
     await create_service_topics(bootstrap, topics)
-    config = ClassifierConfig(model=str(model), bin_edges=BIN_EDGES,
+    config = ClassifierConfig(model=str(model), bin_edges=BIN_EDGES, predictor="max_tokens",
                               max_tokens_limit=MAX_TOKENS_LIMIT,
                               max_request_bytes=MAX_REQUEST_BYTES, batch_size=32)
     classifier = Classifier(kafka, topics, config)
@@ -99,22 +102,9 @@ async def send(kafka: KafkaConfig, topic: str, messages: list[tuple[bytes | None
 async def read_all(kafka: KafkaConfig, topic: str, partitions: int, expected: int,
                    timeout: float) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
     """Messages of ``topic`` (assigned partitions) until ``expected`` or the timeout."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        assigned = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        out: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(out) < expected and loop.time() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                out.extend((r.key, r.value, list(r.headers)) for r in records)
-        return out
-    finally:
-        await consumer.stop()
+    records = await read_records(kafka.bootstrap_servers, topic, partitions,
+                                 lambda records: len(records) >= expected, timeout)
+    return [(r.key, r.value, list(r.headers)) for r in records]
 
 
 def mixed_requests(count: int, seed: int = 0) -> list[Request]:
@@ -144,6 +134,7 @@ def generation_request(decision: Decision) -> GenerationRequest:
     )
 
 
+@pytest.mark.slow
 async def test_300_requests_served_once_each_like_hf_generate(
     broker: str, unique_prefix: str, tiny_llama_dir: Path, hf_reference
 ) -> None:
@@ -169,7 +160,7 @@ async def test_300_requests_served_once_each_like_hf_generate(
 
     # Each bin served what the classifier's decision (the `binbaton predict` path) named.
     config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=BIN_EDGES,
-                              max_tokens_limit=MAX_TOKENS_LIMIT)
+                              predictor="max_tokens", max_tokens_limit=MAX_TOKENS_LIMIT)
     decisions = Router.from_config(config).decide(requests)
     assert all(isinstance(d, Decision) for d in decisions)
     serving = {b: f"w{w}" for w, bins in enumerate(worker_bins) for b in bins}
@@ -315,27 +306,13 @@ async def test_a_librdkafka_client_produces_and_reads_by_assigned_partitions(
     assert result["status"] == "ok" and len(result["token_ids"]) == 5
 
 
-class ExplodingPredictor:
-    """Fails on prompts containing "boom": a predictor bug must not stop the classifier."""
-
-    name = "exploding"
-
-    def predict(self, batch):
-        if any(item.prompt and "boom" in item.prompt for item in batch):
-            raise RuntimeError("boom")
-        return [item.max_tokens for item in batch]
-
-    def observe(self, batch) -> None:
-        return None
-
-
 async def test_a_predictor_bug_dead_letters_only_its_request(
     broker: str, unique_prefix: str, tiny_llama_dir: Path
 ) -> None:
     kafka = kafka_config(broker)
     topics = TopicsConfig(prefix=unique_prefix, num_bins=1)
     await create_service_topics(broker, topics)
-    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=())
+    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(), predictor="max_tokens")
     router = Router.from_config(config)
     router.predictor = ExplodingPredictor()
     stop, started = asyncio.Event(), asyncio.Event()

@@ -4,30 +4,23 @@ arrive through the real broker, and stopping writes the snapshot a restart resum
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 from aiokafka import AIOKafkaProducer
-from binbaton.schemas import Request, Result, Usage, encode
-from binbaton.service.classifier import Classifier, Router
-from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
-from binbaton.service.learned import LengthModel
-from binbaton.service.predictor import DEFAULT_ARTIFACT, PredictionInput, make_predictor
-from binbaton.service.topics import create_service_topics
-
-pytestmark = pytest.mark.broker
+from binbaton.schemas.codec import encode
+from binbaton.schemas.messages import Request, Result, Usage
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.router import Router
+from binbaton.service.classifier.service import Classifier
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
+from binbaton.service.predictor.interface import PredictionInput
+from binbaton.service.predictor.learned import LengthModel
+from binbaton.service.predictor.registry import DEFAULT_ARTIFACT, make_predictor
+from helpers.waiting import wait_for
 
 PROMPTS = ("Call the weather API for city {i}.", "Tell me a long pirate story number {i}.")
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 def classifier_for(broker: str, prefix: str, model: Path, snapshot: Path) -> Classifier:

@@ -5,62 +5,26 @@ the classifier's Prometheus endpoint counts what it routed and rejected."""
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from pathlib import Path
 
-import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from binbaton.schemas import Request
-from binbaton.service.broker import free_port
-from binbaton.service.classifier import run_classifier
-from binbaton.service.client import produce, request_message
-from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
-from binbaton.service.metrics import MetricsConfig
-from binbaton.service.topics import create_service_topics
-from binbaton.service.tracing import TracingConfig
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-pytestmark = pytest.mark.broker
-
-
-async def read_topic(bootstrap: str, topic: str, partitions: int, until, timeout: float = 20):
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    records = []
-    try:
-        assigned = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not until(records) and loop.time() < deadline:
-            for part in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(part)
-    finally:
-        await consumer.stop()
-    return records
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
+from binbaton.schemas.messages import Request
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.service import run_classifier
+from binbaton.service.kafka.broker import free_port
+from binbaton.service.kafka.client import produce, request_message
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
+from binbaton.service.telemetry.metrics import MetricsConfig
+from binbaton.service.telemetry.tracing import TracingConfig
+from helpers.kafka import read_records
+from helpers.otlp import decode_rows
+from helpers.prometheus import scrape_text
 
 
 def spans_of(records) -> list[dict]:
-    spans = []
-    for record in records:
-        export = ExportTraceServiceRequest.FromString(record.value)
-        for resource in export.resource_spans:
-            service = next(a.value.string_value for a in resource.resource.attributes
-                           if a.key == "service.name")
-            for scope in resource.scope_spans:
-                for span in scope.spans:
-                    attributes = {a.key: a.value.string_value for a in span.attributes}
-                    spans.append({"name": span.name, "service": service,
-                                  "trace": span.trace_id.hex(), "id": span.span_id.hex(),
-                                  "parent": span.parent_span_id.hex(),
-                                  "request": attributes.get("binbaton.request.id")})
-    return spans
+    return [{"name": row.name, "service": row.service, "trace": row.trace_id,
+             "id": row.span_id, "parent": row.parent_id, "request": row.request_id}
+            for record in records for row in decode_rows(record.value)]
 
 
 async def test_client_and_classifier_spans_form_one_trace_per_request(
@@ -71,7 +35,8 @@ async def test_client_and_classifier_spans_form_one_trace_per_request(
     topics = TopicsConfig(prefix=unique_prefix, num_bins=2)
     await create_service_topics(broker, topics)
     tracing = TracingConfig(export_delay_ms=50)
-    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(8,), max_tokens_limit=64)
+    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(8,), predictor="max_tokens",
+                              max_tokens_limit=64)
     stop, started = asyncio.Event(), asyncio.Event()
     metrics_port = free_port()
     classifier = asyncio.create_task(
@@ -82,17 +47,17 @@ async def test_client_and_classifier_spans_form_one_trace_per_request(
                 for i in range(4)] + [Request(id="t-bad", prompt="x", max_tokens=65)]
     await produce(kafka, topics.requests, [request_message(r) for r in requests],
                   tracing_config=tracing)
-    binned = await read_topic(broker, topics.bin(0), 2, lambda rs: len(rs) >= 2)
-    binned += await read_topic(broker, topics.bin(1), 2, lambda rs: len(rs) >= 2)
+    binned = await read_records(broker, topics.bin(0), 2, lambda rs: len(rs) >= 2)
+    binned += await read_records(broker, topics.bin(1), 2, lambda rs: len(rs) >= 2)
     await asyncio.sleep(0.3)
-    scraped = await asyncio.to_thread(scrape, metrics_port)
+    scraped = await asyncio.to_thread(scrape_text, metrics_port)
     assert 'binbaton_routed_requests_total{bin="0"} 2.0' in scraped
     assert 'binbaton_routed_requests_total{bin="1"} 2.0' in scraped
     assert ('binbaton_request_errors_total{code="max_tokens_too_large",stage="classifier"} 1.0'
             in scraped)
     stop.set()
     await asyncio.wait_for(classifier, 30)  # shutting down flushes the spans
-    spans = spans_of(await read_topic(
+    spans = spans_of(await read_records(
         broker, topics.traces, 1,
         lambda rs: sum(s["service"] == "binbaton-classifier" for s in spans_of(rs)) >= 31))
 

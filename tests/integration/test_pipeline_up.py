@@ -14,12 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from binbaton.schemas import Request
-from binbaton.service.broker import answers_metadata, free_port
-from binbaton.service.client import ResultFollower, produce, request_message
-from binbaton.service.config import KafkaConfig
-
-pytestmark = pytest.mark.broker
+from binbaton.schemas.messages import Request
+from binbaton.service.kafka.broker import answers_metadata, free_port
+from binbaton.service.kafka.client import ResultFollower, produce, request_message
+from binbaton.service.kafka.config import KafkaConfig
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -66,6 +64,7 @@ def read_ready_line(process: subprocess.Popen[str], timeout: float) -> list[str]
     raise AssertionError(f"no ready line within {timeout}s (exit {process.poll()}): {seen}")
 
 
+@pytest.mark.slow
 def test_up_serves_restarts_a_dead_worker_and_stops_on_sigint(tiny_llama_dir: Path) -> None:
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
@@ -73,7 +72,7 @@ def test_up_serves_restarts_a_dead_worker_and_stops_on_sigint(tiny_llama_dir: Pa
                BINBATON_MODEL=str(tiny_llama_dir), BINBATON_PREDICTOR="max_tokens",
                OMP_NUM_THREADS="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "binbaton.service.cli", "up", "--broker-port", str(port),
+        [sys.executable, "-m", "binbaton.service.app.cli", "up", "--broker-port", str(port),
          "--kernel-backend", "torch", "--drain-timeout", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from binbaton.service.broker import free_port
-from binbaton.service.trace_export import KafkaSpanExporter
-from binbaton.service.tracing import (
+from binbaton.service.kafka.broker import free_port
+from binbaton.service.telemetry.trace_export import KafkaSpanExporter
+from binbaton.service.telemetry.tracing import (
     CLASSIFIER_SERVICE,
     CLIENT_SERVICE,
     TracingConfig,
@@ -18,8 +17,6 @@ from binbaton.service.tracing import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-pytestmark = pytest.mark.broker
 
 
 async def read_all(bootstrap: str, topic: str, expected_spans: int,

@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
-import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from binbaton.service import tracing
-from binbaton.service.tracing import (
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from binbaton.service.telemetry import tracing
+from binbaton.service.telemetry.tracing import (
     CLASSIFIER_SERVICE,
     CLIENT_SERVICE,
     WORKER_SERVICE,
@@ -24,57 +22,7 @@ from binbaton.service.tracing import (
     TracingConfig,
     setup_tracing,
 )
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-pytestmark = pytest.mark.broker
-
-
-@dataclass(frozen=True)
-class SpanRow:
-    trace_id: str
-    span_id: str
-    parent_id: str
-    name: str
-    service: str
-    request_id: str | None
-
-
-async def read_spans(bootstrap: str, topic: str, expected: int,
-                     timeout_s: float = 20.0) -> tuple[list[SpanRow], list[str]]:
-    """Every span on the traces topic (until ``expected`` of them), and the message keys."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False)
-    await consumer.start()
-    rows: list[SpanRow] = []
-    keys: list[str] = []
-    try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
-        deadline = time.monotonic() + timeout_s
-        while len(rows) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(partition, timeout_ms=500)
-            for record in batch.get(partition, []):
-                keys.append(record.key.decode())
-                rows += decode_rows(record.value)
-    finally:
-        await consumer.stop()
-    return rows, keys
-
-
-def decode_rows(value: bytes) -> list[SpanRow]:
-    request = ExportTraceServiceRequest.FromString(value)
-    rows = []
-    for resource in request.resource_spans:
-        attributes = {a.key: a.value.string_value for a in resource.resource.attributes}
-        for scope in resource.scope_spans:
-            for span in scope.spans:
-                request_id = next((a.value.string_value for a in span.attributes
-                                   if a.key == tracing.REQUEST_ID), None)
-                rows.append(SpanRow(span.trace_id.hex(), span.span_id.hex(),
-                                    span.parent_span_id.hex(), span.name,
-                                    attributes["service.name"], request_id))
-    return rows
+from helpers.otlp import SpanRow, read_spans
 
 
 async def relay(telemetry: Telemetry, bootstrap: str, source: str, group: str, count: int,
@@ -157,7 +105,8 @@ async def test_twenty_requests_make_twenty_traces_across_three_services(
 
     # Per request: send; process, validate, send bin; process, 4 stages, send results.
     per_request = 1 + 3 + 6
-    rows, keys = await read_spans(broker, names["traces"], count * per_request + 1)
+    rows, keys = await read_spans(broker, names["traces"],
+                                  lambda rows: len(rows) >= count * per_request + 1)
     for t in (client, classifier, worker):
         t.shutdown()
 

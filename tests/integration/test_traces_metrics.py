@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from binbaton.service.metrics import Metrics, update_consumer_lag
-
-pytestmark = pytest.mark.broker
+from binbaton.service.telemetry.metrics import Metrics, update_consumer_lag
 
 
 async def test_consumer_lag_follows_the_position(

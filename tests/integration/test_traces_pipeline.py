@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from binbaton.schemas import Request, Result
-from binbaton.service.broker import free_port
-from binbaton.service.classifier import run_classifier
-from binbaton.service.client import ResultFollower, produce, request_message
-from binbaton.service.config import ClassifierConfig, KafkaConfig, TopicsConfig
-from binbaton.service.metrics import Metrics, MetricsConfig
-from binbaton.service.topics import create_service_topics
-from binbaton.service.tracing import (
+from binbaton.schemas.messages import Request, Result
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.service import run_classifier
+from binbaton.service.kafka.broker import free_port
+from binbaton.service.kafka.client import ResultFollower, produce, request_message
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
+from binbaton.service.telemetry.metrics import Metrics, MetricsConfig
+from binbaton.service.telemetry.tracing import (
     CLASSIFIER_SERVICE,
     CLIENT_SERVICE,
     WORKER_SERVICE,
@@ -36,75 +33,12 @@ from binbaton.workers.engine.async_engine import AsyncEngine
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.engine import Engine
 from binbaton.workers.worker import serve
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import Status
-from prometheus_client.parser import text_string_to_metric_families
-
-pytestmark = pytest.mark.broker
+from helpers.otlp import SpanRow, read_spans
+from helpers.prometheus import scrape, total
 
 SERVED = 20  # requests the worker serves
 TOO_LONG = 2  # requests the engine rejects (prompt + max_tokens over its 32-token context)
 ENGINE_CONTEXT = 32
-
-
-@dataclass(frozen=True)
-class SpanRow:
-    trace_id: str
-    span_id: str
-    parent_id: str
-    name: str
-    service: str
-    attributes: dict[str, Any]
-    error: bool
-
-
-def decode_rows(value: bytes) -> list[SpanRow]:
-    """One binbaton.traces message (ExportTraceServiceRequest) -> its spans."""
-    rows = []
-    for resource in ExportTraceServiceRequest.FromString(value).resource_spans:
-        service = {a.key: a.value.string_value
-                   for a in resource.resource.attributes}["service.name"]
-        for scope in resource.scope_spans:
-            for span in scope.spans:
-                attributes = {a.key: getattr(a.value, a.value.WhichOneof("value"))
-                              for a in span.attributes}
-                rows.append(SpanRow(span.trace_id.hex(), span.span_id.hex(),
-                                    span.parent_span_id.hex(), span.name, service, attributes,
-                                    span.status.code == Status.STATUS_CODE_ERROR))
-    return rows
-
-
-async def read_spans(bootstrap: str, topic: str, done, timeout_s: float = 20.0
-                     ) -> list[SpanRow]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    rows: list[SpanRow] = []
-    try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
-        deadline = time.monotonic() + timeout_s
-        while not done(rows) and time.monotonic() < deadline:
-            batch = await consumer.getmany(partition, timeout_ms=300)
-            for record in batch.get(partition, []):
-                rows += decode_rows(record.value)
-    finally:
-        await consumer.stop()
-    return rows
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of an endpoint: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def total(samples: dict, name: str, **labels: str) -> float:
-    """Sum of ``name``'s samples whose labels include ``labels``."""
-    return sum(value for (sample, sample_labels), value in samples.items()
-               if sample == name and set(labels.items()) <= set(sample_labels))
 
 
 async def wait_scrape(port: int, ready, timeout_s: float = 10.0) -> dict:
@@ -126,6 +60,7 @@ def requests() -> list[Request]:
     return served + too_long
 
 
+@pytest.mark.slow
 async def test_one_trace_per_request_across_client_classifier_and_worker_and_metrics(
     broker: str, unique_prefix: str, tiny_llama_dir: Path
 ) -> None:
@@ -139,7 +74,8 @@ async def test_one_trace_per_request_across_client_classifier_and_worker_and_met
 
     classifier_port, worker_port = free_port(), free_port()
     classifier = asyncio.create_task(run_classifier(
-        kafka, topics, ClassifierConfig(model=model, bin_edges=(8,), max_tokens_limit=48),
+        kafka, topics, ClassifierConfig(model=model, bin_edges=(8,), predictor="max_tokens",
+                                         max_tokens_limit=48),
         stop, classifier_started, tracing_config=tracing,
         metrics_config=MetricsConfig(port=classifier_port, host="127.0.0.1")))
 
@@ -207,7 +143,7 @@ async def test_one_trace_per_request_across_client_classifier_and_worker_and_met
         metrics.close()
 
     ids = {r.id for r in sent}
-    rows = await read_spans(broker, topics.traces, lambda rows: len(
+    rows, _ = await read_spans(broker, topics.traces, lambda rows: len(
         {r.trace_id for r in rows if r.service == WORKER_SERVICE}) >= len(sent))
     traces: dict[str, list[SpanRow]] = {}
     for row in rows:

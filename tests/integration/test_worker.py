@@ -1,7 +1,7 @@
 """The worker through the real embedded broker and a real tiny checkpoint.
 
 In-process workers for serving, flow control and restarts; worker subprocesses
-(``python -m binbaton.workers.worker``) to be killed with SIGKILL and stopped with SIGTERM.
+(``binbaton worker``) to be killed with SIGKILL and stopped with SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from binbaton.schemas.codec import decode_dead_letter, decode_result, encode
 from binbaton.schemas.messages import BinnedRequest, Request, Result
-from binbaton.service.config import KafkaConfig, TopicsConfig
+from binbaton.service.app.supervisor import CLI_MODULE
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.engine.async_engine import AsyncEngine
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.engine import Engine
 from binbaton.workers.engine.request import GenerationOutput, GenerationRequest, SamplingParams
 from binbaton.workers.worker import EngineService, Worker
-
-pytestmark = pytest.mark.broker
+from helpers.waiting import wait_for
 
 # Short group timings: a dead member is noticed within seconds, not Kafka's 10 s+.
 SESSION_TIMEOUT_MS = 4000
@@ -199,13 +200,6 @@ class GatedEngine:
         return asyncio.ensure_future(held())
 
 
-async def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 def prompt_ids(i: int, length: int = 5) -> list[int]:
     return [3 + (i * 7 + j) % 200 for j in range(length)]
 
@@ -296,13 +290,13 @@ async def test_full_worker_pauses_re_pauses_after_rebalance_and_serves_everythin
 
         watcher = asyncio.create_task(watch())
         consumer = worker._consumers[0]
-        await wait_until(lambda: consumer.pauses >= 1, 20, "the full worker to pause")
+        await wait_for(lambda: consumer.pauses >= 1, 20, "the full worker to pause")
         assert consumer.consumer.paused() == consumer.consumer.assignment()
         # A second member joins: the group rebalances while the first worker is full.
         other = WorkerConfig(bins=(0,), topic_prefix=unique_prefix, worker_id="other",
                              commit_interval_s=0.2)
         async with running_worker(other, broker, tiny_llama_dir):
-            await wait_until(lambda: consumer.repauses >= 1, 20, "a re-pause")
+            await wait_for(lambda: consumer.repauses >= 1, 20, "a re-pause")
             assert consumer.consumer.paused() == consumer.consumer.assignment()
             assert worker.in_flight == 2
             gated.gate.set()
@@ -324,16 +318,17 @@ async def test_full_worker_pauses_re_pauses_after_rebalance_and_serves_everythin
 
 
 class WorkerProcess:
-    """``python -m binbaton.workers.worker`` with its stdout read line by line."""
+    """``binbaton worker`` with its stdout read line by line."""
 
     def __init__(self, bootstrap: str, prefix: str, bins: str, model_dir: Path,
                  worker_id: str, log_path: Path, *extra: str) -> None:
         command = [
-            sys.executable, "-m", "binbaton.workers.worker",
+            sys.executable, "-m", CLI_MODULE, "worker",
             "--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--bins", bins,
             "--model", str(model_dir), "--worker-id", worker_id, "--commit-interval", "0.2",
             "--session-timeout-ms", str(SESSION_TIMEOUT_MS),
-            "--heartbeat-interval-ms", str(HEARTBEAT_MS), "--log-level", "INFO", *extra,
+            "--heartbeat-interval-ms", str(HEARTBEAT_MS), "--tracing", "false",
+            "--log-level", "INFO", *extra,
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.log_path = log_path
@@ -361,6 +356,7 @@ class WorkerProcess:
         self._log.close()
 
 
+@pytest.mark.slow
 async def test_killed_worker_requests_are_finished_after_restart(
     broker: str, unique_prefix: str, create_topics, tiny_llama_dir: Path, tmp_path: Path
 ):

@@ -7,6 +7,8 @@ import json
 import pytest
 from binbaton.bench.cli import main
 from binbaton.bench.engine import SystemSpec, parse_systems
+from binbaton.bench.workload import AZURE_CSV
+from helpers.data import needs_data
 
 ROW_FIELDS = {
     "system",
@@ -21,6 +23,7 @@ ROW_FIELDS = {
 }
 
 
+@needs_data(AZURE_CSV)
 def test_engine_bench_writes_every_system_in_the_design_format(tiny_llama_dir, tmp_path) -> None:
     systems = (
         "hf-generate,hf-continuous,static,multibin-static:2,insert,multibin-insert:2@predicted"

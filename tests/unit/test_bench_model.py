@@ -1,4 +1,4 @@
-"""The Multi-Bin queueing model simulator against its closed forms (PAPERS.md)."""
+"""The Multi-Bin queueing model simulator against its closed forms (arXiv 2412.04504)."""
 
 from __future__ import annotations
 

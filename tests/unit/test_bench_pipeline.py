@@ -6,8 +6,11 @@ import json
 
 import pytest
 from binbaton.bench.cli import main
+from binbaton.bench.workload import AZURE_CSV
+from helpers.data import needs_data
 
 
+@needs_data(AZURE_CSV)
 @pytest.mark.broker
 @pytest.mark.slow  # three processes start: ~30 s on 2 idle cores
 def test_pipeline_bench_serves_every_request_through_kafka(tiny_llama_dir, tmp_path) -> None:

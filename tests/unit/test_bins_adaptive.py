@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from binbaton.service.bins import (
+from binbaton.service.classifier.bins import (
     AdaptiveBinner,
     AdaptiveBinnerConfig,
     BinBoundaries,

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from binbaton.schemas import InvalidMessage, Request
-from binbaton.service.classifier import Decision, RecentInputs, Router, make_predictor
-from binbaton.service.config import ClassifierConfig, ConfigError
-from binbaton.service.predictor import PredictionInput
+from binbaton.schemas.codec import InvalidMessage
+from binbaton.schemas.messages import Request
+from binbaton.schemas.settings import ConfigError
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.router import Decision, Router, make_predictor
+from binbaton.service.classifier.service import RecentInputs
+from binbaton.service.predictor.interface import PredictionInput
 from binbaton.workers.engine.tiny import save_tiny_checkpoint
 
 

@@ -11,11 +11,15 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from binbaton.schemas import Request, Result, encode
-from binbaton.service import cli
-from binbaton.service.classifier import Router
-from binbaton.service.config import ClassifierConfig, resolve
-from binbaton.service.supervisor import split_bins, worker_argv
+from binbaton.schemas.codec import encode
+from binbaton.schemas.messages import Request, Result
+from binbaton.service.app import cli
+from binbaton.service.app.commands import predict
+from binbaton.service.app.flags import resolve
+from binbaton.service.app.supervisor import split_bins, worker_argv
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.classifier.router import Router
+from helpers.fakes import ExplodingPredictor
 
 
 def run_cli(argv: list[str], stdin: bytes = b"", monkeypatch: pytest.MonkeyPatch | None = None
@@ -36,7 +40,8 @@ def test_predict_gives_the_classifier_decision(tiny_llama_dir: Path, capsys,
                    lines, monkeypatch)
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    router = Router.from_config(ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(4, 16)))
+    router = Router.from_config(ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(4, 16),
+                                                 predictor="max_tokens"))
     expected = [{"id": d.request.id, "predicted_tokens": d.predicted_tokens, "bin": d.bin}
                 for d in router.decide(requests)]
     assert rows[:3] == expected == [{"id": "a", "predicted_tokens": 3, "bin": 0},
@@ -63,8 +68,9 @@ def test_a_bad_environment_value_fails_loudly(capsys, monkeypatch: pytest.Monkey
     assert "$BINBATON_PARTITIONS='many'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("command", "module"), [("bench", "binbaton.bench.cli"),
-                                                 ("train-predictor", "binbaton.service.training")])
+@pytest.mark.parametrize(("command", "module"), [
+    ("bench", "binbaton.bench.cli"),
+    ("train-predictor", "binbaton.service.app.commands.train_predictor")])
 def test_bench_and_training_are_dispatched_with_their_argv(
         command: str, module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
@@ -83,11 +89,11 @@ def test_bins_are_split_among_workers() -> None:
 
 
 def test_workers_get_the_resolved_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    names = cli.COMMAND_FLAGS["up"]
-    values = resolve({"model": "/m", "max_batch": "8", "topic_prefix": "p"}, names,
+    flags = cli.command_flags("up")
+    values = resolve({"model": "/m", "max_batch": "8", "topic_prefix": "p"}, flags,
                      {"BINBATON_POLICY": "insert", "BINBATON_DRAIN_TIMEOUT": "3"})
     argv = worker_argv(values, "127.0.0.1:1", (0, 2), "cpu", 0)
-    assert argv[1:4] == ["-m", "binbaton.service.cli", "worker"]
+    assert argv[1:4] == ["-m", "binbaton.service.app.cli", "worker"]
     flags = dict(zip(argv[4::2], argv[5::2], strict=True))
     assert flags["--bins"] == "0,2" and flags["--bootstrap-servers"] == "127.0.0.1:1"
     assert flags["--model"] == "/m" and flags["--max-batch"] == "8"
@@ -107,28 +113,14 @@ class ChunkedStream:
 
 def test_stdin_lines_come_in_batches_of_at_most_the_size() -> None:
     lines = [f'{{"n": {i}}}'.encode() for i in range(600)]
-    batches = list(cli.line_batches(io.BytesIO(b"\n".join(lines) + b"\n"), 256))
+    batches = list(predict.line_batches(io.BytesIO(b"\n".join(lines) + b"\n"), 256))
     assert [len(b) for b in batches] == [256, 256, 88]
     assert [line for batch in batches for line in batch] == lines
     # a read that ends a line ends a batch; one that ends mid-line waits for the rest
     slow = ChunkedStream([b"a\nb\n", b"c\n\n  \nd", b"d\ne", b"\n", b"f"])
-    assert list(cli.line_batches(slow, 256)) == [[b"a", b"b"], [b"c", b"dd", b"e"], [b"f"]]
-    assert list(cli.line_batches(ChunkedStream([b"a\nb\nc\nd"]), 2)) == [[b"a", b"b"],
+    assert list(predict.line_batches(slow, 256)) == [[b"a", b"b"], [b"c", b"dd", b"e"], [b"f"]]
+    assert list(predict.line_batches(ChunkedStream([b"a\nb\nc\nd"]), 2)) == [[b"a", b"b"],
                                                                          [b"c", b"d"]]
-
-
-class ExplodingPredictor:
-    """Fails on prompts containing "boom" (a predictor bug, not bad input)."""
-
-    name = "exploding"
-
-    def predict(self, batch):
-        if any(item.prompt and "boom" in item.prompt for item in batch):
-            raise RuntimeError("boom")
-        return [item.max_tokens for item in batch]
-
-    def observe(self, batch) -> None:
-        return None
 
 
 def test_predict_decides_a_batch_at_once_in_order_and_survives_bad_lines(
@@ -137,8 +129,8 @@ def test_predict_decides_a_batch_at_once_in_order_and_survives_bad_lines(
                                                  predictor="max_tokens"))
     calls: list[int] = []
     decide = router.decide
-    monkeypatch.setattr(router, "decide", lambda requests: calls.append(len(requests))
-                        or decide(requests))
+    monkeypatch.setattr(router, "decide", lambda requests, timer=None: calls.append(len(requests))
+                        or decide(requests, timer))
     monkeypatch.setattr(Router, "from_config", classmethod(lambda cls, config: router))
     good = [encode(Request(id=f"g{i}", prompt="hello there", max_tokens=i + 1)) for i in range(30)]
     lines = [*good[:10], b"{broken", *good[10:20], b'{"id": "x", "prompt": ""}', *good[20:]]
@@ -153,6 +145,6 @@ def test_predict_decides_a_batch_at_once_in_order_and_survives_bad_lines(
     assert rows[-1] == {"id": "g29", "predicted_tokens": 30, "bin": 2}
 
     router.predictor = ExplodingPredictor()  # a bug on one line: that line only fails
-    rows = cli.predict_rows(router, [good[0], encode(Request(id="b", prompt="boom")), good[1]])
+    rows = predict.predict_rows(router, [good[0], encode(Request(id="b", prompt="boom")), good[1]])
     assert [r["id"] for r in rows] == ["g0", "b", "g1"]
     assert rows[1]["error"]["code"] == "internal" and "bin" in rows[0] and "bin" in rows[2]

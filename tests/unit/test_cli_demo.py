@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from binbaton.schemas import Request, Result, Timings, Usage
-from binbaton.service.corpus import is_held_out
-from binbaton.service.demo import (
+from binbaton.schemas.messages import Request, Result, Timings, Usage
+from binbaton.service.app.commands.demo import COMMAND
+from binbaton.service.app.demo import (
     DEMO_SPAN_S,
     PROMPT_MAX_TOKENS,
     build_workload,
     demo_settings,
     summary,
 )
-from binbaton.service.predictor import DEFAULT_ARTIFACT
-from binbaton.service.workload import PROMPT_SLICE, load_prompts
+from binbaton.service.app.flags import Values, resolve
+from binbaton.service.app.workload import PROMPT_SLICE, load_prompts
+from binbaton.service.predictor.corpus import is_held_out
+from binbaton.service.predictor.registry import DEFAULT_ARTIFACT
+
+
+def given(**values: object) -> Values:
+    """The demo's flag values with these given (no environment)."""
+    return resolve(values, COMMAND.flags, environ={})
 
 
 def decoded(workload) -> list[Request]:
@@ -40,10 +47,10 @@ def test_prompt_workload_lets_the_model_stop_and_the_learned_edges_bin_it() -> N
     at = [m.at_s for m in workload]
     assert at == sorted(at) and 0 < at[-1] <= DEMO_SPAN_S + 1e-6  # trace arrivals, squeezed
 
-    settings = demo_settings({"model": "/m", "bootstrap_servers": "h:1", "bins": 3,
-                              "predictor": "auto"}, workload)
+    settings = demo_settings(given(model="/m", bootstrap_servers="h:1", predictor="auto"),
+                             workload)
     assert settings["predictor"] == "auto"  # the classifier picks the learned predictor
-    from binbaton.service.learned import LengthModel
+    from binbaton.service.predictor.learned import LengthModel
 
     trained = tuple(LengthModel.load(DEFAULT_ARTIFACT).info["bin_edges"])
     assert settings["bin_edges"] == trained and len(trained) == 3  # k = 4 by default
@@ -51,10 +58,11 @@ def test_prompt_workload_lets_the_model_stop_and_the_learned_edges_bin_it() -> N
 
 def test_other_bin_counts_get_equal_mass_edges_over_the_predictions() -> None:
     workload = build_workload("prompts", 60, time_scale=None)
-    settings = demo_settings({"model": "/m", "bootstrap_servers": "h:1", "bins": 2,
-                              "predictor": "learned"}, workload, bins_given=True)
+    settings = demo_settings(given(model="/m", bootstrap_servers="h:1", bins=2,
+                                   predictor="learned"), workload)
     (edge,) = settings["bin_edges"]
-    from binbaton.service.predictor import PredictionInput, make_predictor
+    from binbaton.service.predictor.interface import PredictionInput
+    from binbaton.service.predictor.registry import make_predictor
 
     predicted = make_predictor("learned").predict(
         [PredictionInput(r.prompt, (), r.max_tokens) for r in decoded(workload)])
@@ -69,8 +77,7 @@ def test_trace_workload_is_the_trace_scaled_down() -> None:
     assert all(1 <= r.max_tokens <= 96 and r.ignore_eos for r in requests)
     assert all(r.metadata["length_hint"] == str(r.max_tokens) for r in requests)
     assert workload[-1].at_s <= DEMO_SPAN_S + 1e-6
-    settings = demo_settings({"model": "/m", "bootstrap_servers": "h:1", "bins": 3},
-                             workload, "trace")
+    settings = demo_settings(given(model="/m", bootstrap_servers="h:1"), workload, "trace")
     assert settings["predictor"] == "oracle" and len(settings["bin_edges"]) == 2
 
 

@@ -12,16 +12,21 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from binbaton.service.app.cli import command_flags
+from binbaton.service.app.commands import SUMMARIES
+from binbaton.service.app.flags import Flag, resolve
+from binbaton.service.kafka.topics import TopicsConfig
+from helpers.data import needs_data
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 JAEGER = ROOT / "docker" / "jaeger.yaml"
-CONFIG_SOURCE = ROOT / "service" / "config.py"
 # CI has the shared folder beside the clone: <repo>/../shared.
 COMPOSE_SPEC = ROOT.parent / "shared" / "data" / "compose-spec.json"
 
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 WORKER_COMMAND = ["worker"]
+COMMANDS = SUMMARIES.keys() - {"bench", "train-predictor"}  # the ones with BINBATON_ flags
 
 
 def interpolate(value: Any) -> str:
@@ -59,27 +64,20 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def app_env_names() -> set[str]:
-    """Every BINBATON_* variable service/config.py reads (flag table + literals)."""
-    if not CONFIG_SOURCE.exists():
-        pytest.fail(f"{CONFIG_SOURCE} does not exist: cannot check which BINBATON_* "
-                    "variables the app reads (the pipeline engineer's config module)")
-    from binbaton.service import config
-
-    if hasattr(config, "env_flag_names"):
-        names = set(config.env_flag_names())
-    else:  # no flag table (yet): the literal names in the module
-        names = set(re.findall(r"BINBATON_[A-Z0-9_]+", CONFIG_SOURCE.read_text()))
-        names.discard("BINBATON_")
-    if not names:
-        pytest.fail(f"found no BINBATON_* names in {CONFIG_SOURCE} (no env_flag_names(), "
-                    "no literals): cannot check the compose environment")
-    return names
+    """Every BINBATON_* variable the app reads: the flags of every command."""
+    return {flag.env for command in COMMANDS for flag in command_flags(command)}
 
 
+def flags_of_service(service: dict[str, Any]) -> dict[str, Flag]:
+    """The flags of the `binbaton` command a service runs, by variable (none: not ours)."""
+    command = service.get("command")
+    if not command or command[0] not in COMMANDS:
+        return {}
+    return {flag.env: flag for flag in command_flags(command[0])}
+
+
+@needs_data(COMPOSE_SPEC)
 def test_compose_validates_against_the_compose_spec(compose: dict[str, Any]) -> None:
-    if not COMPOSE_SPEC.exists():
-        pytest.fail(f"the Compose JSON schema is missing: expected {COMPOSE_SPEC} "
-                    "(the shared folder beside the repository)")
     schema = json.loads(COMPOSE_SPEC.read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose), key=str)
@@ -95,27 +93,19 @@ def test_every_binbaton_variable_is_read_by_the_app(services: dict[str, Any]) ->
         if variable.startswith("BINBATON_") and variable not in known
     }
     assert not unknown, (
-        f"services set BINBATON_* variables service/config.py does not read: {sorted(unknown)}"
+        f"services set BINBATON_* variables no command reads: {sorted(unknown)}"
         f"; it reads {sorted(known)}")
 
 
 def test_every_binbaton_value_parses_as_its_flag(services: dict[str, Any]) -> None:
-    from binbaton.service import config
-
-    if not hasattr(config, "FLAGS") or not hasattr(config, "resolve"):
-        pytest.fail("service/config.py has no FLAGS table / resolve(): cannot parse values")
-    by_env = {flag.env: flag for flag in config.FLAGS.values()}
     failures = []
     for name, service in services.items():
+        by_env = flags_of_service(service)
         for variable, value in environment(service).items():
             if variable not in by_env:
                 continue
-            flag = by_env[variable]
             try:
-                if service.get("command") == WORKER_COMMAND and flag.name == "bins":
-                    config.resolve_worker_bins(None, environ={variable: value})  # indices
-                else:
-                    config.resolve({}, [flag.name], environ={variable: value})
+                resolve({}, [by_env[variable]], environ={variable: value})
             except ValueError as exc:
                 failures.append(f"{name}: {variable}={value!r}: {exc}")
     assert not failures, "\n".join(failures)
@@ -124,32 +114,25 @@ def test_every_binbaton_value_parses_as_its_flag(services: dict[str, Any]) -> No
 def test_every_binbaton_variable_is_read_by_the_command_the_service_runs(
     services: dict[str, Any],
 ) -> None:
-    """Stricter than "config.py reads it": the service's own command has that flag (a
+    """Stricter than "the app reads it": the service's own command has that flag (a
     worker's BINBATON_METRICS_PORT must reach the worker, not only the classifier)."""
-    from binbaton.service.cli import COMMAND_FLAGS
-    from binbaton.service.config import FLAGS
-
     failures = []
     for name, service in services.items():
         command = service.get("command")
-        if not command or command[0] not in COMMAND_FLAGS:
+        if not command or command[0] not in COMMANDS:
             continue
-        read = {FLAGS[flag].env for flag in COMMAND_FLAGS[command[0]]}
-        if command[0] == "worker":
-            read.add(FLAGS["bins"].env)  # the worker's --bins (indices), its own argument
+        read = flags_of_service(service).keys()
         failures += [f"{name} ({command[0]}): {variable}" for variable in environment(service)
                      if variable.startswith("BINBATON_") and variable not in read]
     assert not failures, f"variables the service's command does not read: {failures}"
 
 
 def test_topic_names_match_the_code(services: dict[str, Any]) -> None:
-    from binbaton.service.config import TopicsConfig
-
     prefixes = {environment(s)["BINBATON_TOPIC_PREFIX"] for s in services.values()
                 if "BINBATON_TOPIC_PREFIX" in environment(s)}
     assert prefixes == {TopicsConfig().prefix}  # one prefix, the code's default
     topics = TopicsConfig(prefix=prefixes.pop())
-    assert topics.traces == "binbaton.traces"  # DESIGN.md's traces topic
+    assert topics.traces == "binbaton.traces"  # README's traces topic
     assert environment(services["jaeger"])["TRACES_TOPIC"] == topics.traces
 
     jaeger = yaml.safe_load(JAEGER.read_text())

@@ -163,7 +163,7 @@ def test_oversized_and_bad_requests_get_errors_and_the_rest_is_served(tiny_llama
         "context": "too_long",
         "budget": "kv_budget",
         "empty": "empty_prompt",
-        "vocab": "bad_token",
+        "vocab": "token_out_of_range",
     }
     assert all(o.finish_reason == "error" for o in outs.values() if o.error)
     assert outs["ok1"].ok and len(outs["ok1"].token_ids) >= 1

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import urllib.request
-
 import pytest
 from binbaton.schemas.messages import ErrorInfo, Result, Timings, Usage
-from binbaton.service.broker import free_port
-from binbaton.service.metrics import Metrics, MetricsConfig
-from prometheus_client.parser import text_string_to_metric_families
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """sample name + sorted labels -> value, from the live endpoint."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+from binbaton.service.kafka.broker import free_port
+from binbaton.service.telemetry.metrics import Metrics, MetricsConfig
+from helpers.prometheus import scrape
 
 
 def ok_result(request_id: str, completion: int, predicted: int, bin_index: int) -> Result:

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from binbaton.service.training import DEMO_MODEL_DIR
+from binbaton.service.app.commands.train_predictor import DEMO_MODEL_DIR
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 TOOL_PROMPT = (

@@ -1,7 +1,7 @@
 """Hashed prompt features: stable, per-text, batch-independent."""
 
 import numpy as np
-from binbaton.service.features import NUM_DENSE, FeatureConfig, Featurizer
+from binbaton.service.predictor.features import NUM_DENSE, FeatureConfig, Featurizer
 
 
 def sparse_of(batch, row: int) -> list[tuple[int, float]]:

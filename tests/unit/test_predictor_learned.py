@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pytest
-from binbaton.service.features import FeatureConfig, Featurizer
-from binbaton.service.learned import LearnedPredictor, LengthModel, fit_ridge
-from binbaton.service.predictor import (
+from binbaton.service.predictor.baselines import MaxTokensPredictor, OraclePredictor
+from binbaton.service.predictor.features import FeatureConfig, Featurizer
+from binbaton.service.predictor.interface import PredictionInput
+from binbaton.service.predictor.learned import LearnedPredictor, LengthModel, fit_ridge
+from binbaton.service.predictor.registry import (
     DEFAULT_ARTIFACT,
-    MaxTokensPredictor,
-    OraclePredictor,
-    PredictionInput,
     load_default_predictor,
     make_predictor,
 )

@@ -5,11 +5,16 @@ import json
 
 import numpy as np
 import pytest
-from binbaton.service.bins import BinBoundaries
-from binbaton.service.corpus import Example, is_held_out, load_examples, split_examples
-from binbaton.service.demo_model import DemoModelConfig, build_tokenizer, train_demo_model
-from binbaton.service.learned import LengthModel
-from binbaton.service.training import average_ranks, evaluate, main, spearman
+from binbaton.service.app.commands.train_predictor import evaluate, main
+from binbaton.service.classifier.bins import BinBoundaries
+from binbaton.service.predictor.corpus import Example, is_held_out, load_examples, split_examples
+from binbaton.service.predictor.demo_model import (
+    DemoModelConfig,
+    build_tokenizer,
+    train_demo_model,
+)
+from binbaton.service.predictor.learned import LengthModel
+from binbaton.service.predictor.training import average_ranks, spearman
 
 KINDS = (
     ("Compute {a} plus {b} and explain each step.", "Step: {a} + {b}. " * 6),

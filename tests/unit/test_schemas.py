@@ -5,11 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
-from binbaton.schemas import (
-    ErrorInfo,
+from binbaton.schemas.codec import (
     InvalidMessage,
-    Request,
-    Result,
     dead_letter,
     decode_dead_letter,
     decode_request,
@@ -18,6 +15,7 @@ from binbaton.schemas import (
     error_result,
     recover_id,
 )
+from binbaton.schemas.messages import ErrorInfo, Request, Result
 
 
 def test_request_round_trip_and_defaults() -> None:

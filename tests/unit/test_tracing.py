@@ -8,23 +8,20 @@ from dataclasses import dataclass, field
 
 import pytest
 from binbaton.schemas.messages import BinnedRequest, ErrorInfo, Request, Result, Usage
-from binbaton.service import tracing
-from binbaton.service.tracing import (
+from binbaton.service.telemetry import tracing
+from binbaton.service.telemetry.tracing import (
     CLASSIFIER_SERVICE,
     CLIENT_SERVICE,
     WORKER_SERVICE,
     GenerationTimeline,
-    Telemetry,
     TracingConfig,
     extract_context,
     inject_headers,
     setup_tracing,
 )
 from binbaton.workers.engine.request import GenerationOutput
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from helpers.otlp import in_memory_telemetry as in_memory
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -39,15 +36,6 @@ class Record:
     key: bytes | None
     value: bytes | None = b"{}"
     headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-
-def in_memory(
-    service: str, model: str | None = "tiny-llama"
-) -> tuple[Telemetry, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Telemetry(service, provider, model=model), exporter
 
 
 def request(**overrides: object) -> Request:

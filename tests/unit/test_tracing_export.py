@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
-from binbaton.service import trace_export
-from binbaton.service.trace_export import build_exporters, trace_messages
-from binbaton.service.tracing import WORKER_SERVICE, TracingConfig, setup_tracing
+from binbaton.service.telemetry import trace_export
+from binbaton.service.telemetry.trace_export import build_exporters, trace_messages
+from binbaton.service.telemetry.tracing import WORKER_SERVICE, TracingConfig, setup_tracing
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest

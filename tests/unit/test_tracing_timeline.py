@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from binbaton.service.tracing import DECODE, KV_INSERT, MEASURED, PREFILL, GenerationTimeline
+from binbaton.service.telemetry.tracing import (
+    DECODE,
+    KV_INSERT,
+    MEASURED,
+    PREFILL,
+    GenerationTimeline,
+)
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.engine import Engine
 from binbaton.workers.engine.request import GenerationRequest, SamplingParams

@@ -4,44 +4,16 @@ tests/integration/test_worker.py runs the same paths through the real broker and
 import asyncio
 
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError
 from binbaton.schemas.codec import encode
 from binbaton.schemas.messages import BinnedRequest, Request
 from binbaton.workers.config import WorkerConfig
+from binbaton.workers.consumer import BinConsumer
 from binbaton.workers.engine.request import GenerationOutput
-from binbaton.workers.worker import BinConsumer, Worker
+from binbaton.workers.worker import Worker
+from helpers.fakes import FakeConsumer, FakeProducer, consumer_record
 
 TP0 = TopicPartition("p.bin.0", 0)
 TP1 = TopicPartition("p.bin.0", 1)
-
-
-class FakeConsumer:
-    def __init__(self, assigned: set[TopicPartition]) -> None:
-        self.assigned = set(assigned)
-        self.paused_tps: set[TopicPartition] = set()
-        self.seeks: list[tuple[TopicPartition, int]] = []
-        self.commits: list[dict[TopicPartition, int]] = []
-        self.fail_commit = False
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.assigned)
-
-    def paused(self) -> set[TopicPartition]:
-        return set(self.paused_tps)
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self.paused_tps.update(tps)
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self.paused_tps.difference_update(tps)
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.seeks.append((tp, offset))
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        if self.fail_commit:
-            raise CommitFailedError("rebalanced")
-        self.commits.append(dict(offsets))
 
 
 class ManualEngine:
@@ -68,14 +40,6 @@ class ManualEngine:
         ))
 
 
-class FakeProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes | None, list | None]] = []
-
-    async def send_and_wait(self, topic, value=None, key=None, headers=None):
-        self.sent.append((topic, value, key, headers))
-
-
 def record(
     tp: TopicPartition, offset: int, request_id: str, value: bytes | None = None
 ) -> ConsumerRecord:
@@ -84,11 +48,7 @@ def record(
             request=Request(id=request_id, prompt_token_ids=[1], max_tokens=2),
             prompt_token_ids=[1], predicted_tokens=2, bin=0, received=1, classified=2,
         ))
-    return ConsumerRecord(
-        topic=tp.topic, partition=tp.partition, offset=offset, timestamp=0, timestamp_type=0,
-        key=request_id.encode(), value=value, checksum=None, serialized_key_size=0,
-        serialized_value_size=len(value), headers=(("traceparent", b"00-t"),),
-    )
+    return consumer_record(tp, offset, request_id, value, [("traceparent", b"00-t")])
 
 
 def make_worker(max_in_flight: int, assigned=(TP0, TP1)):

@@ -5,47 +5,25 @@ and the metrics ports `binbaton up` gives its workers."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord, TopicPartition
 from binbaton.schemas.codec import decode_result, encode
 from binbaton.schemas.messages import BinnedRequest, Request
-from binbaton.service.metrics import Metrics
-from binbaton.service.supervisor import worker_argv, worker_metrics_port
-from binbaton.service.tracing import WORKER_SERVICE, Telemetry, extract_context
+from binbaton.service.app.supervisor import worker_argv, worker_metrics_port
+from binbaton.service.telemetry.metrics import Metrics
+from binbaton.service.telemetry.tracing import WORKER_SERVICE, extract_context
 from binbaton.workers.config import WorkerConfig
+from binbaton.workers.consumer import BinConsumer
 from binbaton.workers.engine.request import EngineError, GenerationOutput
-from binbaton.workers.worker import BinConsumer, Worker
+from binbaton.workers.worker import Worker
+from helpers.fakes import FakeConsumer, FakeProducer, consumer_record
+from helpers.otlp import in_memory_telemetry
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 TP = TopicPartition("p.bin.1", 0)
 UPSTREAM = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 T0 = 1_700_000_000.0  # engine timestamps (unix s) of the stand-in outputs
-
-
-class Consumer:
-    def assignment(self) -> set[TopicPartition]:
-        return {TP}
-
-
-@dataclass
-class Ack:
-    partition: int
-    offset: int
-
-
-class Producer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, list[tuple[str, bytes]] | None]] = []
-
-    async def send_and_wait(self, topic, value=None, key=None, headers=None):
-        self.sent.append((topic, value, headers))
-        return Ack(partition=0, offset=len(self.sent))
 
 
 class Engine:
@@ -79,22 +57,16 @@ def record(offset: int, request_id: str, value: bytes | None = None) -> Consumer
         request=Request(id=request_id, prompt_token_ids=[1, 2], max_tokens=4),
         prompt_token_ids=[1, 2], predicted_tokens=3, bin=1, received=int(T0 * 1000) - 50,
         classified=int(T0 * 1000) - 10))
-    return ConsumerRecord(
-        topic=TP.topic, partition=0, offset=offset, timestamp=0, timestamp_type=0,
-        key=request_id.encode(), value=value, checksum=None, serialized_key_size=0,
-        serialized_value_size=len(value), headers=(("traceparent", UPSTREAM),))
+    return consumer_record(TP, offset, request_id, value, [("traceparent", UPSTREAM)])
 
 
 def traced_worker(outputs: dict[str, GenerationOutput], traced: bool = True):
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": WORKER_SERVICE}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry = Telemetry(WORKER_SERVICE, provider if traced else None, model="tiny")
+    telemetry, exporter = in_memory_telemetry(WORKER_SERVICE, model="tiny", traced=traced)
     metrics = Metrics(model="tiny")
     worker = Worker(WorkerConfig(bins=(1,), topic_prefix="p"), kafka=None,
                     engine=Engine(outputs), telemetry=telemetry, metrics=metrics)
-    bin_consumer = BinConsumer(worker, 1, Consumer())
-    worker._producer = Producer()
+    bin_consumer = BinConsumer(worker, 1, FakeConsumer({TP}))
+    worker._producer = FakeProducer()
     worker._consumers.append(bin_consumer)
     return worker, bin_consumer, exporter, metrics
 
@@ -142,7 +114,7 @@ async def test_a_served_record_makes_a_process_span_with_stages_and_a_send_span(
     send = spans["send p.results"]
     assert send.kind == SpanKind.PRODUCER
     assert send.attributes["messaging.kafka.offset"] == 1  # recorded from the ack
-    (topic, value, headers), = worker._producer.sent
+    (topic, value, _, headers), = worker._producer.sent
     assert topic == "p.results" and decode_result(value).status == "ok"
     sent_context = trace.get_current_span(extract_context(headers)).get_span_context()
     assert sent_context.span_id == send.context.span_id  # the result carries the send span
@@ -191,7 +163,7 @@ async def test_tracing_off_passes_the_upstream_headers_on_and_still_counts():
     worker._take(bin_consumer, {TP: [record(0, "d")]})
     await finish(worker)
     assert exporter.get_finished_spans() == ()
-    (_, _, headers), = worker._producer.sent
+    (_, _, _, headers), = worker._producer.sent
     assert headers == [("traceparent", UPSTREAM)]
     assert metrics.registry.get_sample_value(
         "binbaton_requests_total", {"stage": "worker", "status": "ok"}) == 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 
 from binbaton.kernels.ops import KernelOps
+from binbaton.schemas.errors import ErrorCode
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.kv_cache import KVCache
 from binbaton.workers.engine.model import CausalLM
@@ -124,7 +125,7 @@ class Engine:
         if prompt_len == 0:
             return "empty_prompt", "the prompt has no tokens"
         if any(not 0 <= t < vocab for t in request.prompt_token_ids):
-            return "bad_token", f"prompt token ids must lie in [0, {vocab})"
+            return ErrorCode.TOKEN_OUT_OF_RANGE, f"prompt token ids must lie in [0, {vocab})"
         if total > self.max_model_len:
             return "too_long", (
                 f"prompt ({prompt_len}) + max_tokens ({request.sampling.max_tokens}) = {total} "

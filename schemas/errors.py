@@ -1,0 +1,23 @@
+"""Error codes: the machine-readable ``error.code`` of an error Result and of a DeadLetter.
+
+One enumeration for every stage that can refuse a request: the classifier, the worker and
+the engine. README's "Messages" section lists them. Plain Python (no msgspec): the engine
+imports it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    INVALID_JSON = "invalid_json"  # not JSON (or not UTF-8)
+    INVALID_REQUEST = "invalid_request"  # JSON, but not a valid Request (or BinnedRequest)
+    MESSAGE_TOO_LARGE = "message_too_large"  # over the classifier's --max-request-bytes
+    MAX_TOKENS_TOO_LARGE = "max_tokens_too_large"  # over the server's --max-tokens-limit
+    EMPTY_PROMPT = "empty_prompt"  # the prompt tokenizes to nothing
+    PROMPT_TOO_LONG = "prompt_too_long"  # the prompt alone fills the model's context
+    TOO_LONG = "too_long"  # prompt + max_tokens exceed the model's context
+    TOKEN_OUT_OF_RANGE = "token_out_of_range"  # a prompt token id outside the vocabulary
+    KV_BUDGET = "kv_budget"  # prompt + max_tokens exceed the worker's whole KV cache
+    INTERNAL = "internal"  # a bug: the request is answered instead of stalling the rest

@@ -1,0 +1,47 @@
+"""A ``binbaton`` command: its flags (from config sections), its own arguments, its run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from binbaton.schemas.settings import ConfigError
+from binbaton.service.app.commands import SUMMARIES
+from binbaton.service.app.flags import Flag, Section, Values, add_flags, merge, resolve
+from binbaton.service.app.logs import LogConfig, setup_logging
+
+EXIT_BAD_SETTING = 2  # as argparse exits on a bad command line
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    sections: tuple[Section[Any], ...]
+    run: Callable[[argparse.Namespace, Values], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+    @property
+    def flags(self) -> list[Flag]:
+        return merge(self.sections)
+
+    def parser(self) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=f"binbaton {self.name}",
+                                         description=SUMMARIES[self.name])
+        add_flags(parser, self.flags)
+        if self.add_arguments is not None:
+            self.add_arguments(parser)
+        return parser
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        args = self.parser().parse_args(sys.argv[1:] if argv is None else argv)
+        try:
+            values = resolve(args, self.flags)
+            if "log_level" in values:
+                setup_logging(LogConfig(values["log_level"]))
+            return self.run(args, values)
+        except ConfigError as exc:
+            print(f"binbaton {self.name}: {exc}", file=sys.stderr)
+            return EXIT_BAD_SETTING

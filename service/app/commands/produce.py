@@ -1,0 +1,74 @@
+"""``binbaton produce``: send requests: one prompt, a JSONL file (sent as it is) or a trace
+replayed at its arrival times. Prints each request's id."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from binbaton.schemas.settings import ConfigError
+from binbaton.service.app import workload
+from binbaton.service.app.command import Command
+from binbaton.service.app.configs import kafka_config
+from binbaton.service.app.flags import Values
+from binbaton.service.app.sections import CLIENT, TOPICS, TRACING
+from binbaton.service.kafka import client
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", help="one request with this prompt")
+    parser.add_argument("--id", help="its id (default: random)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="its max_tokens")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--file", help="Request JSON lines, sent as they are ('-': stdin)")
+    parser.add_argument("--trace", metavar="CSV",
+                        help="replay an Azure LLM trace CSV ('slice': the copy in the repo)")
+    parser.add_argument("--count", type=int, default=None, help="send at most this many")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="trace: replay this many times faster")
+    parser.add_argument("--length-scale", type=float, default=1.0,
+                        help="trace: scale prompt and output lengths by this factor")
+    parser.add_argument("--max-tokens-cap", type=int, default=None,
+                        help="trace: cap on each request's max_tokens")
+    parser.add_argument("--context-cap", type=int, default=None,
+                        help="trace: cap on each prompt's length in words")
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="always produce max_tokens (trace replay does by default)")
+
+
+def messages_of(args: argparse.Namespace) -> list[client.Outgoing]:
+    sources = sum(x is not None for x in (args.prompt, args.file, args.trace))
+    if sources != 1:
+        raise ConfigError("give exactly one of --prompt, --file, --trace")
+    if args.prompt is not None:
+        request = client.prompt_request(args.prompt, max_tokens=args.max_tokens,
+                                        request_id=args.id, ignore_eos=args.ignore_eos,
+                                        temperature=args.temperature)
+        return [client.request_message(request)]
+    if args.file is not None:
+        handle = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+        with handle:
+            lines = [line.rstrip(b"\r\n") for line in handle if line.strip()]
+        return [client.raw_message(line) for line in lines[: args.count]]
+    path = workload.TRACE_SLICE if args.trace == "slice" else args.trace
+    rows = workload.load_trace(path, limit=args.count)
+    return workload.trace_requests(
+        rows, length_scale=args.length_scale, time_scale=args.time_scale,
+        max_tokens_cap=args.max_tokens_cap, context_cap=args.context_cap, ignore_eos=True)
+
+
+def run(args: argparse.Namespace, values: Values) -> int:
+    kafka = kafka_config(values, client_id="binbaton-client")
+    topic = TOPICS.part("prefix").build(values).requests
+    messages = messages_of(args)
+    sent = asyncio.run(client.produce(kafka, topic, messages, paced=args.trace is not None,
+                                      tracing_config=TRACING.build(values)))
+    for message in messages:
+        print(message.key.decode() if message.key else "-")
+    print(f"sent {sent} requests to {topic}", file=sys.stderr)
+    return 0
+
+
+COMMAND = Command("produce", CLIENT, run, add_arguments)
+main = COMMAND.main

@@ -1,0 +1,76 @@
+"""The configs a command needs, built from its resolved flag values, where one flag's value
+depends on another's: the embedded broker's address, the number of bins from the edges,
+equal-mass default edges, and the engine's ``auto`` device and dtype."""
+
+from __future__ import annotations
+
+from binbaton.schemas.settings import ConfigError
+from binbaton.schemas.topics import TopicNames
+from binbaton.service.app.flags import Values
+from binbaton.service.app.sections import AUTO, CLASSIFIER, ENGINE, KAFKA, TOPICS, WORKER
+from binbaton.service.app.workload import trace_output_lengths
+from binbaton.service.classifier.bins import BinBoundaries
+from binbaton.service.classifier.config import ClassifierConfig
+from binbaton.service.kafka.broker import DEFAULT_PORT
+from binbaton.service.kafka.config import KafkaConfig, embedded_bootstrap
+from binbaton.service.kafka.topics import TopicsConfig
+from binbaton.workers.config import WorkerConfig
+from binbaton.workers.engine.config import EngineConfig
+
+
+def uses_embedded_broker(values: Values) -> bool:
+    """No --bootstrap-servers: the embedded broker on this machine (``up`` starts it)."""
+    return "bootstrap_servers" not in values.given
+
+
+def kafka_config(values: Values, client_id: str) -> KafkaConfig:
+    bootstrap = (embedded_bootstrap(values.get("broker_port") or DEFAULT_PORT)
+                 if uses_embedded_broker(values) else values["bootstrap_servers"])
+    return KAFKA.build(values, bootstrap_servers=bootstrap, client_id=client_id)
+
+
+def topics_config(values: Values) -> TopicsConfig:
+    """Topic names and partitions; with --bin-edges, k is the number of edges + 1."""
+    edges = values.get("bin_edges")
+    if edges is None:
+        return TOPICS.build(values)
+    num_bins = len(edges) + 1
+    if "bins" in values.given and values["bins"] != num_bins:
+        raise ConfigError(f"--bins {values['bins']} disagrees with --bin-edges {edges} "
+                          f"({num_bins} bins)")
+    return TOPICS.build(values, num_bins=num_bins)
+
+
+def default_bin_edges(num_bins: int) -> tuple[int, ...]:
+    """Equal-mass edges over the output lengths of the Azure trace slice in the repo."""
+    return BinBoundaries.equal_mass(trace_output_lengths(), num_bins).edges
+
+
+def classifier_config(values: Values) -> ClassifierConfig:
+    edges = values.get("bin_edges")
+    if edges is None:
+        edges = default_bin_edges(topics_config(values).num_bins)
+    return CLASSIFIER.build(values, bin_edges=edges)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a CUDA device is visible, else 'cpu'."""
+    if device != AUTO:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def engine_config(values: Values) -> EngineConfig:
+    """The engine's settings, with ``auto`` device and dtype resolved for this machine."""
+    device = resolve_device(values.get("device") or AUTO)
+    dtype = values.get("dtype") or AUTO
+    if dtype == AUTO:
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    return ENGINE.build(values, device=device, dtype=dtype)
+
+
+def worker_config(values: Values, topics: TopicNames) -> WorkerConfig:
+    """The worker's Kafka side: its bins, topic names and flow control."""
+    return WORKER.build(values, topic_prefix=topics.prefix)

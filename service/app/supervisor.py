@@ -1,0 +1,265 @@
+"""``binbaton up``: the whole service on one machine, started and stopped in order.
+
+Start: embedded broker (unless bootstrap servers are given) → topics → classifier (in
+this process) → worker processes (``binbaton worker --bins …``; one per CUDA device, or
+``--workers N`` on the CPU; bins split round-robin). Once every topic exists and every
+worker printed its ready line, print exactly one line ``ready bootstrap=HOST:PORT``.
+A worker that dies is restarted. Stop (``stop``, the first SIGINT/SIGTERM): workers drain
+(SIGTERM), the classifier finishes its batch, then the broker stops, in the mirror order of
+the start; ``abort`` (a second signal) passes a second SIGTERM on, so workers skip the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from binbaton.schemas.settings import positive_int, setting
+from binbaton.service.app.configs import (
+    classifier_config,
+    kafka_config,
+    resolve_device,
+    topics_config,
+    uses_embedded_broker,
+)
+from binbaton.service.app.flags import Values, merge, to_argv
+from binbaton.service.app.sections import METRICS, TRACING, WORKER_PROCESS
+from binbaton.service.classifier.service import run_classifier
+from binbaton.service.kafka.broker import EmbeddedBroker
+from binbaton.service.kafka.topics import create_service_topics
+
+log = logging.getLogger("binbaton.up")
+
+WORKER_READY_PREFIX = "worker ready"
+WORKER_START_TIMEOUT_S = 900.0  # loading a large model on a cold GPU takes a while
+RESTART_DELAY_S = 1.0
+CLI_MODULE = "binbaton.service.app.cli"  # `python -m` this: the `binbaton` command
+SET_PER_WORKER = ("bins", "bootstrap-servers", "broker-port")  # worker_argv gives them
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    workers: int | None = field(default=None, metadata=setting(
+        "`up`: worker processes (default: one per CUDA device, else 1)", parse=positive_int))
+
+
+def split_bins(num_bins: int, num_workers: int) -> list[tuple[int, ...]]:
+    """Bins per worker, round-robin; with more workers than bins, bins are shared."""
+    if num_workers <= num_bins:
+        return [tuple(range(w, num_bins, num_workers)) for w in range(num_workers)]
+    return [(w % num_bins,) for w in range(num_workers)]
+
+
+def worker_devices(device: str, workers: int | None) -> list[str]:
+    """One device string per worker: every CUDA device, or ``workers`` CPU workers."""
+    device = resolve_device(device)
+    if device == "cuda":
+        import torch
+
+        count = torch.cuda.device_count()
+        return [f"cuda:{i % count}" for i in range(workers or count)]
+    return [device] * (workers or 1)
+
+
+@dataclass
+class WorkerProcess:
+    """One ``binbaton worker`` child and what it needs to be restarted."""
+
+    argv: list[str]
+    env: dict[str, str]
+    name: str
+    process: asyncio.subprocess.Process | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    restarts: int = 0
+    _pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.ready.clear()
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches `up` only; `up` stops us
+        )
+        self._pump = asyncio.create_task(self._read_stdout(), name=f"{self.name}-stdout")
+
+    async def _read_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        async for line in self.process.stdout:
+            text = line.decode(errors="replace").rstrip()
+            if text.startswith(WORKER_READY_PREFIX):
+                self.ready.set()
+            print(f"[{self.name}] {text}", file=sys.stderr, flush=True)
+
+    async def stop(self, timeout: float, abort: asyncio.Event) -> None:
+        """SIGTERM (the worker drains); on ``abort`` a second SIGTERM (it skips the drain);
+        SIGKILL after ``timeout``."""
+        process = self.process
+        if process is None:
+            return
+        if process.returncode is None:
+            self._signal(signal.SIGTERM)
+            exited = asyncio.ensure_future(process.wait())
+            aborted = asyncio.ensure_future(abort.wait())
+            await asyncio.wait([exited, aborted], timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if aborted.done() and not exited.done():
+                self._signal(signal.SIGTERM)
+                await asyncio.wait([exited], timeout=timeout)
+            aborted.cancel()
+            if not exited.done():
+                log.warning("%s did not stop within %.0fs: killing it", self.name, timeout)
+                self._signal(signal.SIGKILL)
+            await exited
+        if self._pump is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._pump, 5)
+
+    def _signal(self, signum: int) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signum)
+
+
+def worker_metrics_port(classifier_port: int | None, index: int) -> int:
+    """Worker ``index``'s metrics port under ``up``: the classifier's port + 1 + index, or
+    0 (off) when the classifier's is off; never the same port for two processes."""
+    return classifier_port + 1 + index if classifier_port else 0
+
+
+def worker_argv(values: Mapping[str, Any], bootstrap: str, bins: Sequence[int], device: str,
+                index: int) -> list[str]:
+    """``binbaton worker`` with every worker flag `up` resolved, for worker ``index``."""
+    # The metrics port is always given, so a $BINBATON_METRICS_PORT meant for `up` is not
+    # reused by every worker.
+    passed = Values(values).with_(
+        device=device, metrics_port=worker_metrics_port(values.get("metrics_port"), index))
+    if values.get("worker_id"):
+        passed = passed.with_(worker_id=f"{values['worker_id']}-{index}")
+    flags = [f for f in merge(WORKER_PROCESS) if f.name not in SET_PER_WORKER]
+    return [sys.executable, "-m", CLI_MODULE, "worker",
+            "--bootstrap-servers", bootstrap, "--bins", ",".join(map(str, bins)),
+            *to_argv(passed, flags)]
+
+
+def worker_env(num_workers: int, device: str) -> dict[str, str]:
+    env = dict(os.environ)
+    if device == "cpu" and "OMP_NUM_THREADS" not in env:
+        # Workers share the cores instead of each spawning one thread per core.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // num_workers))
+    return env
+
+
+async def up(
+    values: Values,
+    stop: asyncio.Event,
+    abort: asyncio.Event | None = None,
+    out: TextIO = sys.stdout,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
+    """Run the service until ``stop`` is set. Returns the exit code.
+
+    ``on_ready(bootstrap)`` is called right after the ready line is printed."""
+    abort = abort or asyncio.Event()
+    topics = topics_config(values)
+    classifier = classifier_config(values)
+    devices = worker_devices(values["device"], values["workers"])
+    broker: EmbeddedBroker | None = None
+    if uses_embedded_broker(values):
+        broker = EmbeddedBroker(port=values["broker_port"])
+        await asyncio.to_thread(broker.start)
+        bootstrap = broker.bootstrap_servers
+    else:
+        bootstrap = values["bootstrap_servers"]
+    kafka = kafka_config(values.with_(bootstrap_servers=bootstrap),
+                         client_id="binbaton-classifier")
+    workers = [
+        WorkerProcess(argv=worker_argv(values, bootstrap, bins, device, index),
+                      env=worker_env(len(devices), device), name=f"worker-{index}")
+        for index, (bins, device) in enumerate(
+            zip(split_bins(topics.num_bins, len(devices)), devices, strict=True))
+    ]
+    classifier_stop = asyncio.Event()
+    classifier_task: asyncio.Task[Any] | None = None
+    try:
+        await create_service_topics(bootstrap, topics)
+        classifier_started = asyncio.Event()
+        classifier_task = asyncio.create_task(
+            run_classifier(kafka, topics, classifier, classifier_stop, classifier_started,
+                           TRACING.build(values), METRICS.build(values)))
+        for worker in workers:
+            await worker.start()
+        if not await _wait_ready(workers, classifier_task, classifier_started, stop):
+            return 0 if stop.is_set() else 1
+        print(f"ready bootstrap={bootstrap}", file=out, flush=True)
+        if on_ready is not None:
+            on_ready(bootstrap)
+        return await _supervise(workers, classifier_task, stop)
+    finally:
+        drain = values["drain_timeout"]
+        await asyncio.gather(*(w.stop(drain + 10, abort) for w in workers))
+        classifier_stop.set()
+        if classifier_task is not None:
+            with contextlib.suppress(Exception):
+                await classifier_task
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+
+
+async def _wait_ready(
+    workers: list[WorkerProcess],
+    classifier: asyncio.Task[Any],
+    classifier_started: asyncio.Event,
+    stop: asyncio.Event,
+) -> bool:
+    """True once the classifier is connected and every worker is ready."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WORKER_START_TIMEOUT_S
+    while not stop.is_set():
+        if classifier.done():
+            classifier.result()  # raises the classifier's error
+            return False
+        for worker in workers:
+            assert worker.process is not None
+            if worker.process.returncode is not None and not worker.ready.is_set():
+                log.error("%s exited with code %s before it was ready", worker.name,
+                          worker.process.returncode)
+                print(f"binbaton up: {worker.name} exited with code "
+                      f"{worker.process.returncode} before it was ready", file=sys.stderr)
+                return False
+        if classifier_started.is_set() and all(w.ready.is_set() for w in workers):
+            return True
+        if loop.time() > deadline:
+            print("binbaton up: workers not ready in time", file=sys.stderr)
+            return False
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _supervise(
+    workers: list[WorkerProcess], classifier: asyncio.Task[Any], stop: asyncio.Event
+) -> int:
+    """Until ``stop``: restart workers that exit; a failed classifier ends the service."""
+    while not stop.is_set():
+        if classifier.done():
+            classifier.result()
+            return 1
+        for worker in workers:
+            assert worker.process is not None
+            if worker.process.returncode is not None and not stop.is_set():
+                worker.restarts += 1
+                log.warning("%s exited with code %s; restarting (%d)", worker.name,
+                            worker.process.returncode, worker.restarts)
+                print(f"binbaton up: {worker.name} exited with code "
+                      f"{worker.process.returncode}; restarting", file=sys.stderr, flush=True)
+                await asyncio.sleep(RESTART_DELAY_S)
+                await worker.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+    return 0

@@ -1,0 +1,1 @@
+"""Kafka plumbing: the embedded broker, topic creation, client settings, produce and follow."""

@@ -1,0 +1,192 @@
+"""A client of the service: produce requests, follow results.
+
+Results are read by assigning every partition of the results topic (no consumer group,
+nothing committed), so any number of clients can follow them; each de-duplicates by id
+(delivery is at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+from binbaton.schemas.codec import InvalidMessage, decode_result, encode, recover_id
+from binbaton.schemas.messages import Request, Result
+from binbaton.schemas.topics import TopicNames, prefix_of
+from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import existing_partitions
+from binbaton.service.telemetry.tracing import (
+    CLIENT_SERVICE,
+    Telemetry,
+    TracingConfig,
+    setup_tracing,
+)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for the requests topic; ``at_s`` is its send time from the start."""
+
+    value: bytes
+    key: bytes | None
+    at_s: float = 0.0
+
+
+def request_message(request: Request, at_s: float = 0.0) -> Outgoing:
+    return Outgoing(value=encode(request), key=request.id.encode(), at_s=at_s)
+
+
+def raw_message(line: bytes, at_s: float = 0.0) -> Outgoing:
+    """A JSONL line sent as it is (the service validates it); keyed by its id if readable."""
+    request_id = recover_id(line)
+    return Outgoing(value=line, key=request_id.encode() if request_id else None, at_s=at_s)
+
+
+def prompt_request(prompt: str, max_tokens: int, temperature: float, ignore_eos: bool,
+                   request_id: str | None = None) -> Request:
+    """A request for one prompt (a random id unless one is given)."""
+    return Request(id=request_id or uuid.uuid4().hex, prompt=prompt, max_tokens=max_tokens,
+                   temperature=temperature, ignore_eos=ignore_eos)
+
+
+async def produce(
+    kafka: KafkaConfig,
+    topic: str,
+    messages: Iterable[Outgoing],
+    paced: bool = False,
+    on_sent: Callable[[Outgoing], None] | None = None,
+    tracing_config: TracingConfig | None = None,
+) -> int:
+    """Send every message (at its ``at_s`` when ``paced``); waits for all acknowledgements.
+
+    ``on_sent`` is called as each message is handed over. With ``tracing_config``
+    (enabled), each message is the root span of its request's trace (``binbaton-client``).
+    Returns the number sent.
+    """
+    telemetry = Telemetry.disabled(CLIENT_SERVICE)
+    if tracing_config is not None and tracing_config.enabled:
+        telemetry = setup_tracing(CLIENT_SERVICE, tracing_config,
+                                  bootstrap_servers=kafka.bootstrap_servers,
+                                  traces_topic=TopicNames(prefix_of(topic)).traces)
+    producer = AIOKafkaProducer(**kafka.producer_kwargs("binbaton-client"))
+    await producer.start()
+    try:
+        start = time.monotonic()
+        acks = []
+        for message in messages:
+            if paced:
+                delay = message.at_s - (time.monotonic() - start)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if telemetry.enabled:
+                send = telemetry.start_send(topic, message.key, root=True)
+                ack = await producer.send(topic, value=message.value, key=message.key,
+                                          headers=send.headers)
+                acks.append(send.end_when(ack))
+            else:
+                acks.append(await producer.send(topic, value=message.value, key=message.key))
+            if on_sent is not None:
+                on_sent(message)
+        await asyncio.gather(*acks)
+        return len(acks)
+    finally:
+        await producer.stop()
+        if telemetry.enabled:
+            await asyncio.to_thread(telemetry.shutdown)
+
+
+async def wait_for_topic(bootstrap_servers: str, topic: str, timeout: float = 15.0) -> int:
+    """Partition count of ``topic`` once it exists (without auto-creating it)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="binbaton-client")
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = await existing_partitions(admin, [topic])
+            if topic in found:
+                return found[topic]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} does not exist (run `binbaton topics`)")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+class ResultFollower:
+    """Follows the results topic by assigned partitions; yields each id's first result."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str, from_beginning: bool = True) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.from_beginning = from_beginning
+        self.seen: dict[str, Result] = {}  # id -> its first result
+        self.received: list[Result] = []  # every result read, duplicates included
+        self.duplicates = 0
+        self.undecodable = 0
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        kwargs = self.kafka.consumer_kwargs(group_id=None, client_id="binbaton-results")
+        kwargs["auto_offset_reset"] = "earliest" if self.from_beginning else "latest"
+        self._consumer = AIOKafkaConsumer(**kwargs)
+        await self._consumer.start()
+        partitions = await self._partitions()
+        self._consumer.assign(partitions)
+        if self.from_beginning:
+            await self._consumer.seek_to_beginning(*partitions)
+        else:
+            await self._consumer.seek_to_end(*partitions)
+
+    async def _partitions(self) -> list[TopicPartition]:
+        partitions = await wait_for_topic(self.kafka.bootstrap_servers, self.topic)
+        return [TopicPartition(self.topic, p) for p in range(partitions)]
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def __aenter__(self) -> ResultFollower:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def poll(self, timeout_ms: int = 200) -> list[Result]:
+        """New (not yet seen) results from one fetch."""
+        assert self._consumer is not None
+        fresh: list[Result] = []
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms)
+        for record in (r for part in batches.values() for r in part):
+            try:
+                result = decode_result(record.value or b"")
+            except InvalidMessage:
+                self.undecodable += 1
+                continue
+            self.received.append(result)
+            if result.id in self.seen:
+                self.duplicates += 1
+                continue
+            self.seen[result.id] = result
+            fresh.append(result)
+        return fresh
+
+    async def follow(self) -> AsyncIterator[Result]:
+        while True:
+            for result in await self.poll():
+                yield result
+
+    async def collect(self, ids: Iterable[str], timeout: float) -> dict[str, Result]:
+        """Wait until every id has a result (or the timeout); returns those seen."""
+        wanted = set(ids)
+        deadline = time.monotonic() + timeout
+        while not wanted <= self.seen.keys() and time.monotonic() < deadline:
+            await self.poll()
+        return {i: self.seen[i] for i in wanted if i in self.seen}

@@ -1,0 +1,1 @@
+"""Telemetry: OpenTelemetry tracing across the Kafka hops, span export, Prometheus metrics."""
