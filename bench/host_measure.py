@@ -26,6 +26,7 @@ import statistics
 import time
 from typing import Any
 
+import binbaton.kernels
 import torch
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.engine import Engine
@@ -55,10 +56,8 @@ class NoLaunch:
 def stub_launches() -> list[int]:
     """Replace every ``*_kernel`` Triton function of ``binbaton.kernels`` by a NoLaunch;
     returns the launch counter (one cell)."""
-    import binbaton.kernels as package
-
     counter = [0]
-    for info in pkgutil.iter_modules(package.__path__):
+    for info in pkgutil.iter_modules(binbaton.kernels.__path__):
         if info.name in ("aot", "ops", "reference"):
             continue
         module = importlib.import_module(f"binbaton.kernels.{info.name}")
