@@ -52,7 +52,7 @@ def test_quick_engine_runs_every_system_on_the_same_requests(quick_run: dict) ->
     systems = ("binbaton insert, graphs", "binbaton insert, eager", "hf-continuous",
                "hf-generate")
     assert [(r["batch"], r["system"]) for r in engine["rows"]] == [
-        (b, s) for b in quick_run["batches"] for s in systems]
+        (b, s) for b in sorted(quick_run["batches"], reverse=True) for s in systems]
     for batch in quick_run["batches"]:
         expected = sum(r.output_tokens for r in gpu_engine.workload(
             2 * batch, 500, quick=True, seed=batch))
@@ -104,6 +104,22 @@ def test_targets_and_busy_union() -> None:
         "b256_insert_graphs_over_hf-continuous": False,
         "b256_insert_graphs_over_hf-generate": True,
         "b256_output_tokens_per_s": True, "gpu_busy_fraction": True}
+
+
+def test_trace_counts_read_launches_syncs_and_device_time() -> None:
+    from types import SimpleNamespace as Event
+
+    def event(name: str, device: str = "DeviceType.CPU", start: float = 0, end: float = 0):
+        return Event(name=name, device_type=device, time_range=Event(start=start, end=end))
+
+    events = [event("cudaGraphLaunch"), event("cudaGraphLaunch"), event("cuLaunchKernelEx"),
+              event("cudaStreamSynchronize"), event("aten::argmax"),
+              event("kernel_a", "DeviceType.CUDA", 0, 60), event("kernel_b", "DeviceType.CUDA",
+                                                                   50, 80)]
+    counts = gpu_engine._trace_counts(events, steps=2, wall_us=100.0)
+    assert counts["graph_launches_per_step"] == 1 and counts["kernel_launches_per_step"] == 0.5
+    assert counts["host_syncs_per_step"] == 0.5 and counts["aten_ops_per_step"] == 0.5
+    assert counts["gpu_busy_fraction"] == 0.8 and counts["gpu_busy_us_per_step"] == 40
 
 
 BLOCKED = ("msgspec", "aiokafka", "opentelemetry", "pytest", "matplotlib")
