@@ -208,8 +208,9 @@ def throughput(ctx: Context) -> dict[str, Any]:
             except Exception as exc:  # recorded; the other systems still run
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 ctx.log(f"batch {batch:4d} {name:24s} failed: {row['error']}")
-                _free(ctx)
                 continue
+            finally:
+                _free(ctx)  # the last system's model, cache and graph pool
             ctx.log(f"batch {batch:4d} {name:24s} {row['output_tokens_per_s']:10.1f} tok/s "
                     f"({row['output_tokens']} tokens in {row['elapsed_s']:.2f} s)")
     return {"model": {"path": path.name, "dtype": "float32" if ctx.quick else ctx.dtype,
