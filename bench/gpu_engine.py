@@ -51,7 +51,6 @@ EXACTNESS_ARCHS = ("llama", "qwen3")  # rope scaling, q/k norm and head_dim != h
 @dataclass
 class Context:
     """What every section sees: device, sizes, a scratch folder, the section's deadline."""
-
     device: torch.device
     quick: bool
     workdir: Path
@@ -78,7 +77,6 @@ def save_random_checkpoint(path: Path, arch: str, vocab_size: int | None, seed: 
     """A random ``arch`` checkpoint (bfloat16 weights when ``vocab_size`` is given, the
     tiny tokenizer's vocabulary and float32 otherwise) with the tiny tokenizer. Ids past
     the tokenizer's vocabulary are valid model inputs and decode to nothing."""
-
     if (path / "config.json").exists():
         return path
     tokenizer = build_tokenizer([SAMPLE_TEXT] * 4, vocab_size=1000)
@@ -98,7 +96,6 @@ def save_random_checkpoint(path: Path, arch: str, vocab_size: int | None, seed: 
 
 
 def _engine(path: Path, ctx: Context, dtype: str, batch: int, max_len: int, **extra: Any) -> Any:
-
     settings: dict[str, Any] = dict(
         model=str(path), device=str(ctx.device), dtype=dtype, policy="insert",
         max_batch=batch, kv_budget_tokens=batch * max_len, max_model_len=max_len,
@@ -113,7 +110,6 @@ def exactness(ctx: Context) -> dict[str, Any]:
     """Float32 greedy tokens of a staggered-length batch (more requests than rows, so
     sequences join mid-flight): the Triton backend (compiled on CUDA, with CUDA graphs;
     the interpreter on the CPU) against the torch backend and HF generate per request."""
-
     count, longest = (3, 4) if ctx.quick else (24, 48)
     rng = random.Random(0)
     rows = []
@@ -179,7 +175,6 @@ def throughput_model(ctx: Context) -> Path:
 def throughput(ctx: Context) -> dict[str, Any]:
     """Every system on the same ``2 x batch`` requests, all submitted at t = 0, at each
     batch size; a system is skipped when the section's time is nearly spent."""
-
     start = time.monotonic()
     path = throughput_model(ctx)
     build_s = time.monotonic() - start
@@ -232,7 +227,6 @@ def _binbaton(ctx: Context, path: Path, requests: list[BenchRequest], batch: int
               max_len: int, graphs: bool) -> dict[str, Any]:
     """The engine with the insert policy; every kernel variant compiled and (with graphs)
     every bucket captured before the clock starts."""
-
     dtype = "float32" if ctx.quick else ctx.dtype
     setup = time.monotonic()
     engine = _engine(path, ctx, dtype, batch, max_len, cuda_graphs=graphs)
@@ -267,7 +261,6 @@ def _binbaton(ctx: Context, path: Path, requests: list[BenchRequest], batch: int
 
 def _hf(ctx: Context, path: Path, requests: list[BenchRequest], batch: int, kind: str,
         memory: Any) -> dict[str, Any]:
-
     dtype = "float32" if ctx.quick else ctx.dtype
     setup = time.monotonic()
     model = huggingface.load_model(str(path), str(ctx.device), dtype)
