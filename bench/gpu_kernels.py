@@ -85,22 +85,29 @@ class Layer:
     num_blocks: int
     seed: int = 0
     gen: torch.Generator = field(init=False)
+    device_gen: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
         self.gen = torch.Generator().manual_seed(self.seed)
+        if self.device.type == "cuda":
+            self.device_gen = torch.Generator(self.device).manual_seed(self.seed)
         s = self.shape
         cache = (self.num_blocks, self.block_size, s.num_kv_heads, s.head_dim)
         self.k_cache = self.randn(*cache)
         self.v_cache = self.randn(*cache)
         positions = self.num_blocks * self.block_size + 1
-        self.cos = torch.randn(positions, s.head_dim, generator=self.gen).to(self.device)
-        self.sin = torch.randn(positions, s.head_dim, generator=self.gen).to(self.device)
+        self.cos = self.randn(positions, s.head_dim, dtype=torch.float32)
+        self.sin = self.randn(positions, s.head_dim, dtype=torch.float32)
         self.norm_weight = self.randn(s.hidden_size)
         self.head_weight = self.randn(s.head_dim)
 
-    def randn(self, *shape: int) -> torch.Tensor:
+    def randn(self, *shape: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or self.dtype
+        if self.device.type == "cuda":  # gigabytes of cache: drawn on the device, not the CPU
+            return torch.randn(*shape, generator=self.device_gen, device=self.device,
+                               dtype=dtype)
         x = torch.randn(*shape, generator=self.gen)
-        return x.to(device=self.device, dtype=self.dtype)
+        return x.to(device=self.device, dtype=dtype)
 
     def qkv(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         s = self.shape

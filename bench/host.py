@@ -1,29 +1,26 @@
 """``binbaton bench host``: host time per decode step, before and after, side by side.
 
-The model is a preset whose arithmetic is small (24 layers of hidden 16, 2 heads, a
-~300-token vocabulary, 2048 positions), so a decode step's time is host time: the engine's
-bookkeeping plus the Python and dispatch cost of every op the forward calls. B requests
-(16-token prompts, 512 new tokens reserved, so block tables are 33 blocks wide) are
-prefilled, then ``--steps`` decode steps are timed one by one after ``--warmup`` more.
+Host time is what the CPU spends per decode step while a GPU would do the arithmetic: the
+engine's bookkeeping, the Python of every kernel op wrapper and the dispatch of every torch
+op. To see it without a GPU, the engine runs on the CPU with the Triton kernel backend and
+every Triton launch replaced by a no-op that counts it (``host_measure``): the wrappers run
+as on a GPU, no kernel computes, and the model's torch ops run on tiny tensors (24 layers
+of hidden 16, 2 heads, a 300-token vocabulary, 2048 positions). B requests (16-token
+prompts, 512 new tokens reserved, so block tables are 33 blocks wide) are prefilled, then
+``--steps`` decode steps are timed one by one after ``--warmup`` more.
 
-BEFORE is the engine at a base commit (``--base``, default 16d0e76, where this branch
-started), extracted with ``git archive`` into a temporary directory and imported through a
-package shim (``binbaton.<x>`` -> its ``<x>/`` folder, as pyproject's package-dir maps
-them); AFTER is this tree, imported the same way. Each measurement runs
-``host_measure.measure`` in a subprocess of its own (one torch thread), BEFORE then AFTER
-at each batch size, ``--repeat`` times round-robin, in one run; the run with the least CPU
-time per step is reported for each. Reported per step: the process's CPU time, split into
-the model's forward and the engine outside it (scheduling, inputs, sampling,
-postprocessing); the wall time; and, in further steps of the same run, the engine alone:
-its CPU time per step with the forward replaced by fixed logits. Other work on the shared
-cores only ever adds time, so each CPU figure is the lower decile over the steps (the least
-disturbed steps), and the wall time the median.
-
-On the CPU both versions run the forward eagerly through the torch twins of the kernel
-ops (the same ops, less the fused projections), so the forward's share is op dispatch and
-small-tensor arithmetic that a CUDA-graph replay would take off the host on a GPU; the
-engine alone is the host's share left around such a replay. This benchmark does not run
-the GPU path.
+Three versions, each in a subprocess of its own (one torch thread), ``--repeat`` times
+round-robin at each batch size, in one run; the run with the least CPU time per step is
+reported for each:
+- ``before``: the engine at a base commit (``--base``, default 16d0e76, before the
+  static-buffer engine), extracted with ``git archive`` and imported through a package
+  shim (``binbaton.<x>`` -> its ``<x>/`` folder, as pyproject's package-dir maps them);
+  its decode forward runs op by op;
+- ``after-eager``: this tree, the decode forward op by op (``--no-cuda-graphs`` on a GPU);
+- ``after-graphs``: this tree with the decode forward over the static buffers skipped, as
+  one CUDA graph replay skips it on a GPU (the replay call's own cost is not counted).
+Not counted in any version: Triton's own launch (its compiled launcher) and waiting on
+host syncs; ``launches_per_step`` says how many launches each version makes.
 """
 
 from __future__ import annotations
@@ -39,17 +36,14 @@ from typing import Any
 
 from binbaton.bench import host_measure
 from binbaton.bench.checkpoint import describe_checkpoint
-from binbaton.bench.host_measure import (
-    ENGINE_ALONE_STEPS,
-    ENGINE_ALONE_WARMUP,
-    MAX_TOKENS,
-    PROMPT_TOKENS,
-)
+from binbaton.bench.host_measure import MAX_TOKENS, PROMPT_TOKENS
 from binbaton.bench.results import RESULTS_DIR, BenchResult, Percentiles, Row, now_iso, write_result
 from binbaton.workers.engine.tiny import save_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = ("schemas", "service", "workers", "kernels", "bench")  # binbaton.<name> -> <name>/
+VERSIONS = {"before": ("before", "eager"), "after-eager": ("after", "eager"),
+            "after-graphs": ("after", "replay")}  # version -> (source tree, variant)
 PRESET: dict[str, Any] = dict(
     arch="llama", hidden_size=16, intermediate_size=32, num_hidden_layers=24,
     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048, vocab_size=300,
@@ -90,16 +84,17 @@ def extract_commit(commit: str, into: Path) -> Path:
     return into
 
 
-def run_measurement(shim: Path, checkpoint: Path, batch: int, args: argparse.Namespace,
-                    workdir: Path) -> dict[str, float]:
-    """``measure`` in a fresh interpreter that imports binbaton from ``shim`` only."""
+def run_measurement(shim: Path, checkpoint: Path, batch: int, variant: str,
+                    args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    """``measure`` in a fresh interpreter that imports binbaton from ``shim`` only, with the
+    Triton interpreter on (so the kernels' modules import without a GPU)."""
     code = (
         "import json, runpy, sys; "
         f"m = runpy.run_path({str(Path(host_measure.__file__).resolve())!r}); "
         f"print(json.dumps(m['measure']({str(checkpoint)!r}, {batch}, {args.steps}, "
-        f"{args.warmup})))"
+        f"{args.warmup}, {variant!r})))"
     )
-    env = {**os.environ, "PYTHONPATH": str(shim)}
+    env = {**os.environ, "PYTHONPATH": str(shim), "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, check=True,
                           capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -110,12 +105,15 @@ def git_commit(ref: str) -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
+RATIO_KEYS = ("cpu_ms_per_step", "engine_cpu_ms_per_step", "wall_ms_per_step")
+
+
 def run(args: argparse.Namespace) -> BenchResult:
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if not batches or min(batches) < 1 or args.steps < 1 or args.repeat < 1 or args.warmup < 0:
         raise ValueError("--batches, --steps, --repeat must be >= 1 and --warmup >= 0")
-    if 1 + args.warmup + args.steps + ENGINE_ALONE_WARMUP + ENGINE_ALONE_STEPS >= MAX_TOKENS:
-        raise ValueError(f"--warmup + --steps must stay under {MAX_TOKENS - 211}")
+    if 1 + args.warmup + args.steps >= MAX_TOKENS:
+        raise ValueError(f"--warmup + --steps must stay under {MAX_TOKENS - 1}")
     started = now_iso()
     with tempfile.TemporaryDirectory(prefix="binbaton-bench-host-") as tmp:
         work = Path(tmp)
@@ -126,18 +124,18 @@ def run(args: argparse.Namespace) -> BenchResult:
         }
         rows, ratios = [], {}
         for batch in batches:
-            runs: dict[str, list[dict[str, float]]] = {version: [] for version in trees}
-            for _ in range(args.repeat):  # round-robin: a change in load hits both versions
-                for version, shim in trees.items():
-                    runs[version].append(run_measurement(shim, checkpoint, batch, args, work))
+            runs: dict[str, list[dict[str, float]]] = {version: [] for version in VERSIONS}
+            for _ in range(args.repeat):  # round-robin: a change in load hits every version
+                for version, (tree, variant) in VERSIONS.items():
+                    runs[version].append(
+                        run_measurement(trees[tree], checkpoint, batch, variant, args, work))
                     _print_run(batch, version, runs[version][-1])
             measured = {version: _least_disturbed(r) for version, r in runs.items()}
-            rows += [_row(batch, version, measured[version]) for version in trees]
-            before, after = measured["before"], measured["after"]
+            rows += [_row(batch, version, measured[version]) for version in VERSIONS]
+            before = measured["before"]
             ratios[str(batch)] = {
-                key: round(before[key] / after[key], 2)
-                for key in ("cpu_ms_per_step", "engine_cpu_ms_per_step",
-                            "engine_alone_cpu_ms_per_step", "wall_ms_per_step")
+                after: {key: round(before[key] / measured[after][key], 2) for key in RATIO_KEYS}
+                for after in ("after-eager", "after-graphs")
             }
         model = describe_checkpoint(checkpoint, "host")
     return BenchResult(
@@ -154,28 +152,34 @@ def run(args: argparse.Namespace) -> BenchResult:
             "before": f"{args.base} ({git_commit(args.base)})",
             "after": f"this tree ({git_commit('HEAD')}"
                      f"{', with uncommitted changes' if _dirty() else ''})",
+            "versions": {"before": "base commit, decode forward op by op",
+                         "after-eager": "this tree, decode forward op by op",
+                         "after-graphs": "this tree, decode forward skipped as a CUDA graph "
+                                         "replay skips it (the replay call not counted)"},
             "ratio_before_over_after": ratios,
-            "row_fields": "cpu_ms_per_step: the process's CPU time per decode step (lower decile), "
-                          "split into forward_cpu_ms_per_step (inside the model's forward) and "
-                          "engine_cpu_ms_per_step (the rest); engine_alone_cpu_ms_per_step: "
-                          "CPU time per step with the forward replaced by fixed logits "
-                          f"(lower decile of {ENGINE_ALONE_STEPS} steps after "
-                          f"{ENGINE_ALONE_WARMUP}); "
-                          "output_tokens_per_s: decode "
-                          "tokens per wall second (batch / median step); latency_ms: one "
-                          "decode step's wall time (p50, p99); ttft_ms and requests_per_s "
-                          "not measured",
+            "row_fields": "cpu_ms_per_step: the process's CPU time per decode step (lower "
+                          "decile over the steps), split into forward_cpu_ms_per_step (inside "
+                          "the model's forward) and engine_cpu_ms_per_step (the rest); "
+                          "launches_per_step: Triton launches a step makes (each a no-op "
+                          "here); graph_replays_per_step: decode forwards skipped as replays; "
+                          "output_tokens_per_s: decode tokens per wall second (batch / median "
+                          "step); latency_ms: one decode step's wall time (p50, p99); ttft_ms "
+                          "and requests_per_s not measured",
+            "method": "CPU, 1 torch thread, Triton kernel backend under TRITON_INTERPRET=1 "
+                      "with every kernel launch a no-op: op wrappers, torch dispatch and "
+                      "engine bookkeeping are timed, no kernel arithmetic; not timed: "
+                      "Triton's compiled launcher (per launch), a graph replay call, waits "
+                      "on host syncs",
             "threads": 1,
-            "kernel_backend": "torch (the CPU has no Triton compiler)",
         },
     )
 
 
 def _print_run(batch: int, version: str, m: dict[str, float]) -> None:
-    print(f"batch {batch:4d} {version:6s} host (CPU) ms per decode step: "
-          f"{m['cpu_ms_per_step']:7.2f}, of which the engine outside the forward "
-          f"{m['engine_cpu_ms_per_step']:6.3f}; the engine alone "
-          f"{m['engine_alone_cpu_ms_per_step']:6.3f}; wall {m['wall_ms_per_step']:7.2f}",
+    print(f"batch {batch:4d} {version:12s} host (CPU) ms per decode step: "
+          f"{m['cpu_ms_per_step']:7.3f}, of which the forward {m['forward_cpu_ms_per_step']:7.3f}"
+          f" and the engine outside it {m['engine_cpu_ms_per_step']:6.3f}; "
+          f"launches {m['launches_per_step']:5.0f}; wall {m['wall_ms_per_step']:7.2f}",
           flush=True)
 
 
@@ -207,8 +211,8 @@ def _dirty() -> bool:
 
 
 def plot(result: BenchResult, path: Path) -> Path | None:
-    """Bars of host ms per decode step, BEFORE vs AFTER per batch, split into the forward
-    and the rest; None when matplotlib is not installed."""
+    """Bars of host ms per decode step per version and batch, split into the forward and
+    the rest; None when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -217,32 +221,31 @@ def plot(result: BenchResult, path: Path) -> Path | None:
     except ImportError:
         return None
     batches = sorted({row.batch for row in result.rows})
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    width = 0.38
-    for offset, version, color in ((-width / 2, "before", "#ff7f0e"),
-                                   (width / 2, "after", "#1f77b4")):
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    width = 0.27
+    colors = {"before": "#ff7f0e", "after-eager": "#2ca02c", "after-graphs": "#1f77b4"}
+    for i, version in enumerate(VERSIONS):
         rows = [next(r for r in result.rows if r.batch == b and r.extra["version"] == version)
                 for b in batches]
-        xs = [i + offset for i in range(len(batches))]
+        xs = [j + (i - 1) * width for j in range(len(batches))]
         forward = [r.extra["forward_cpu_ms_per_step"] for r in rows]
         engine = [r.extra["engine_cpu_ms_per_step"] for r in rows]
-        ax.bar(xs, forward, width, color=color, alpha=0.5,
-               label=f"{version}: model forward (eager torch ops)")
-        ax.bar(xs, engine, width, bottom=forward, color=color,
+        ax.bar(xs, forward, width, color=colors[version], alpha=0.45,
+               label=f"{version}: decode forward (op wrappers, dispatch)")
+        ax.bar(xs, engine, width, bottom=forward, color=colors[version],
                label=f"{version}: engine outside the forward")
         for x, r in zip(xs, rows, strict=True):
-            total, engine_ms = r.extra["cpu_ms_per_step"], r.extra["engine_cpu_ms_per_step"]
-            ax.text(x, total, f"{total:.1f}\n(engine {engine_ms:.2f})", ha="center",
-                    va="bottom", fontsize=7)
+            ax.text(x, r.extra["cpu_ms_per_step"], f"{r.extra['cpu_ms_per_step']:.2f}\n"
+                    f"{r.extra['launches_per_step']:.0f} launches", ha="center", va="bottom",
+                    fontsize=7)
     ratios = result.notes["ratio_before_over_after"]
     ax.set_xticks(range(len(batches)), [
-        f"batch {b}, before / after: step {ratios[str(b)]['cpu_ms_per_step']:.2f}×,\n"
-        f"engine outside the forward {ratios[str(b)]['engine_cpu_ms_per_step']:.2f}×, "
-        f"engine alone {ratios[str(b)]['engine_alone_cpu_ms_per_step']:.2f}×"
+        f"batch {b}: before / after-eager {ratios[str(b)]['after-eager']['cpu_ms_per_step']:.2f}×,"
+        f"\nbefore / after-graphs {ratios[str(b)]['after-graphs']['cpu_ms_per_step']:.2f}×"
         for b in batches
     ], fontsize=8)
-    ax.set_ylabel("host (CPU) ms per decode step")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("host (CPU) ms per decode step, no kernel arithmetic")
+    ax.legend(fontsize=7)
     fig.suptitle(f"{result.name}: {result.notes['before']} vs {result.notes['after']}, "
                  f"{result.device}, {result.started}", fontsize=9)
     fig.tight_layout()

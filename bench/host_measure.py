@@ -2,14 +2,31 @@
 
 It imports whatever engine ``binbaton`` names on the path it is run with: the base
 commit's (BEFORE) or this tree's (AFTER), through ``bench/host.py``'s package shim.
+
+The engine runs on the CPU with the Triton kernel backend (``TRITON_INTERPRET=1``, set by
+the caller before anything imports triton) and every Triton kernel's launch replaced by a
+no-op that only counts it (``stub_launches``). So each op wrapper's Python runs as on a GPU
+(checks, launch planning, output allocation), the model's torch ops (embedding,
+projections) run on tiny tensors, and no kernel computes anything: what a step costs is
+host time, engine bookkeeping plus op wrappers plus dispatch, as on a GPU where the host
+only queues work. Not counted: the launch inside Triton (the compiled launcher, ~11 us
+per kernel on a GPU host in issue 10's review) and a CUDA graph replay's own cost;
+``launches_per_step`` says how many launches a step makes.
+
+Variants: ``eager``, every step's decode forward runs op by op (BEFORE has only this);
+``replay``, the decode forward over the runner's static buffers (what a CUDA graph
+captures) is skipped, standing in for one graph replay (AFTER on a GPU).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import statistics
 import time
 from typing import Any
 
+import binbaton.kernels
 import torch
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.engine import Engine
@@ -17,18 +34,53 @@ from binbaton.workers.engine.request import GenerationRequest, SamplingParams
 
 PROMPT_TOKENS = 16
 MAX_TOKENS = 512
-ENGINE_ALONE_WARMUP, ENGINE_ALONE_STEPS = 10, 200  # steps are short without the forward
+VARIANTS = ("eager", "replay")
 
 
-def measure(checkpoint: str, batch: int, steps: int, warmup: int) -> dict[str, float]:
+class NoLaunch:
+    """A Triton kernel whose launches do nothing but count (``kernel[grid](...)``)."""
+
+    def __init__(self, kernel: Any, counter: list[int]):
+        self.kernel, self.counter = kernel, counter
+
+    def __getitem__(self, grid: Any) -> Any:
+        def launch(*args: Any, **kwargs: Any) -> None:
+            self.counter[0] += 1
+
+        return launch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kernel, name)
+
+
+def stub_launches() -> list[int]:
+    """Replace every ``*_kernel`` Triton function of ``binbaton.kernels`` by a NoLaunch;
+    returns the launch counter (one cell)."""
+    counter = [0]
+    for info in pkgutil.iter_modules(binbaton.kernels.__path__):
+        if info.name in ("aot", "ops", "reference"):
+            continue
+        module = importlib.import_module(f"binbaton.kernels.{info.name}")
+        for name, obj in list(vars(module).items()):
+            kind = type(obj).__name__
+            if name.endswith("_kernel") and kind in ("JITFunction", "InterpretedFunction"):
+                setattr(module, name, NoLaunch(obj, counter))
+    return counter
+
+
+def measure(checkpoint: str, batch: int, steps: int, warmup: int,
+            variant: str = "eager") -> dict[str, float]:
     """Time decode steps of ``batch`` sequences with whatever engine ``binbaton`` is.
 
-    Per step: wall time, and the process's CPU time in total and inside the model's
-    forward (CPU time is what other work on shared cores disturbs least).
+    Per step: the process's CPU time (lower decile: other work on shared cores only adds
+    time), the part of it inside the decode forward (eager only), wall time, launches.
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r} is not one of {VARIANTS}")
     torch.set_num_threads(1)
+    launches = stub_launches()
     engine = Engine(EngineConfig(
-        model=checkpoint, policy="static", max_batch=batch, kernel_backend="torch",
+        model=checkpoint, policy="static", max_batch=batch, kernel_backend="triton",
         kv_budget_tokens=batch * (PROMPT_TOKENS + MAX_TOKENS),
     ))
     vocab = engine.model.shape.vocab_size
@@ -38,10 +90,19 @@ def measure(checkpoint: str, batch: int, steps: int, warmup: int) -> dict[str, f
                                      sampling=SamplingParams(max_tokens=MAX_TOKENS,
                                                              ignore_eos=True)))
     forward_cpu_s = _time_forward(engine.model)
+    replays = [0]
+    if variant == "replay":
+        runner: Any = engine.runner  # AFTER only: BEFORE has no runner
+
+        def replay_stand_in(bucket: int) -> None:
+            replays[0] += 1
+
+        runner._decode_forward = replay_stand_in
     engine.step()  # prefill (and a first decode step)
     for _ in range(warmup):
         engine.step()
     wall, cpu, forward = [], [], []
+    launches_before, replays_before = launches[0], replays[0]
     for _ in range(steps):
         forward_cpu_s.clear()
         t0, c0 = time.perf_counter(), time.process_time()
@@ -50,17 +111,6 @@ def measure(checkpoint: str, batch: int, steps: int, warmup: int) -> dict[str, f
         cpu.append(time.process_time() - c0)
         forward.append(sum(forward_cpu_s))
         assert engine.last_step.decode_tokens == batch and engine.last_step.admitted == 0
-    # The engine alone: the forward replaced by fixed logits, as on a GPU where the forward
-    # runs on the device (one graph replay) and leaves the host's caches to the engine.
-    fixed_logits = torch.randn(batch, vocab)
-    model: Any = engine.model
-    model.forward = lambda *args, **kwargs: fixed_logits
-    alone = []
-    for i in range(ENGINE_ALONE_WARMUP + ENGINE_ALONE_STEPS):
-        c0 = time.process_time()
-        engine.step()
-        if i >= ENGINE_ALONE_WARMUP:
-            alone.append(time.process_time() - c0)
     return {
         "wall_ms_per_step": 1000 * statistics.median(wall),
         "wall_ms_p99": 1000 * sorted(wall)[min(len(wall) - 1, int(0.99 * len(wall)))],
@@ -69,7 +119,8 @@ def measure(checkpoint: str, batch: int, steps: int, warmup: int) -> dict[str, f
         "engine_cpu_ms_per_step": 1000 * _lower_decile(
             [c - f for c, f in zip(cpu, forward, strict=True)]
         ),
-        "engine_alone_cpu_ms_per_step": 1000 * _lower_decile(alone),
+        "launches_per_step": (launches[0] - launches_before) / steps,
+        "graph_replays_per_step": (replays[0] - replays_before) / steps,
     }
 
 
