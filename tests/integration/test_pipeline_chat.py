@@ -14,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from binbaton.schemas.codec import decode_dead_letter, encode
 from binbaton.schemas.messages import ChatMessage, Request
+from binbaton.service.app.commands.produce import COMMAND as PRODUCE
 from binbaton.service.classifier.config import ClassifierConfig
 from binbaton.service.classifier.service import Classifier
 from binbaton.service.kafka.client import ResultFollower
@@ -104,14 +105,21 @@ async def test_messages_equal_hf_generate_on_the_chat_template_and_stop_as_a_str
     stop = full_text[cut:cut + 2]
     assert stop.strip() and len(full_text) > 4, full_text
 
-    requests = [chat(rid, turns, max_tokens=MAX_TOKENS) for rid, turns in CONVERSATIONS.items()]
+    # "chat-system" goes through `binbaton produce --chat --system`, the others as JSON.
+    requests = [chat(rid, turns, max_tokens=MAX_TOKENS) for rid, turns in CONVERSATIONS.items()
+                if rid != "chat-system"]
+    (system, user) = [content for _, content in CONVERSATIONS["chat-system"]]
+    cli = ["--bootstrap-servers", broker, "--topic-prefix", unique_prefix, "--id", "chat-system",
+           "--chat", user, "--system", system, "--max-tokens", str(MAX_TOKENS)]
     requests.append(chat("chat-stop", CONVERSATIONS["chat-user"], max_tokens=MAX_TOKENS,
                          stop=stop, user="alice", model="tiny"))
     requests.append(chat("chat-refused", [("user", "hi"), ("system", "too late")]))
     async with serving(broker, unique_prefix, chat_model_dir) as (kafka, topics, tasks):
         async with ResultFollower(kafka, topics.results) as follower:
             await send(kafka, topics.requests, requests)
-            results = await follower.collect([r.id for r in requests], timeout=60)
+            assert await asyncio.to_thread(PRODUCE.main, cli) == 0
+            results = await follower.collect([r.id for r in requests] + ["chat-system"],
+                                             timeout=60)
         letters = await read_records(kafka.bootstrap_servers, topics.dlq, 1,
                                      lambda records: len(records) >= 1, timeout=10)
         assert all(not task.done() for task in tasks)
