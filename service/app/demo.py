@@ -61,6 +61,7 @@ from binbaton.service.predictor.interface import PredictionInput
 from binbaton.service.predictor.learned import LearnedPredictor
 from binbaton.service.predictor.registry import ARTIFACTS
 from binbaton.service.predictor.training import spearman
+from binbaton.workers.engine.loader import ModelLoadError
 from binbaton.workers.engine.tiny import save_tiny_checkpoint
 from tqdm import tqdm
 
@@ -232,7 +233,7 @@ async def run_demo(values: Values, stop: asyncio.Event, kind: str = "prompts",
         waits: list[asyncio.Future[Any]] = [service, ready, asyncio.create_task(stop.wait())]
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
-            return service.result() if service in done else 130
+            return _exit_code(service) if service in done else 130
         results, sent_at, wall = await replay(ready.result(), settings, workload, stop)
     finally:
         service_stop.set()
@@ -242,6 +243,15 @@ async def run_demo(values: Values, stop: asyncio.Event, kind: str = "prompts",
                  for m in workload if m.key} if kind == "chat" else None
     print(summary(results, sent_at, wall, questions))
     return 0 if len(results) == len(workload) else 1
+
+
+def _exit_code(service: asyncio.Task[int]) -> int:
+    """The service's exit code; a model that cannot be loaded is one line, not a trace."""
+    try:
+        return service.result()
+    except ModelLoadError as exc:
+        print(f"binbaton demo: {exc}", file=sys.stderr)
+        return 2
 
 
 async def replay(bootstrap: str, settings: Values, workload: list[Outgoing],
