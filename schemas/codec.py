@@ -50,7 +50,16 @@ def _decode(decoder: msgspec.json.Decoder, raw: bytes, what: str) -> Any:
 
 
 def decode_request(raw: bytes) -> Request:
-    return _decode(_request_decoder, raw, "request")
+    request: Request = _decode(_request_decoder, raw, "request")
+    if request.n != 1:
+        raise InvalidMessage(ErrorCode.UNSUPPORTED_N,
+                             f"n is {request.n}; binbaton returns one completion per request "
+                             "(send n requests instead)", request.id)
+    if request.stream:
+        raise InvalidMessage(ErrorCode.UNSUPPORTED_STREAM,
+                             "stream is true; binbaton returns each result whole on the "
+                             "results topic", request.id)
+    return request
 
 
 def decode_binned(raw: bytes) -> BinnedRequest:
@@ -78,6 +87,23 @@ def recover_id(raw: bytes) -> str | None:
         if isinstance(inner, str) and 0 < len(inner) <= 128:
             return inner
     return None
+
+
+OPENAI_BATCH_URLS = ("/v1/chat/completions", "/v1/completions")
+
+
+def from_openai_batch_line(raw: bytes) -> bytes:
+    """An OpenAI batch-file line (``{custom_id, method, url, body}``, url one of
+    ``OPENAI_BATCH_URLS``) as a Request's JSON: the body with ``id`` = ``custom_id``.
+    Any other line comes back unchanged (the classifier judges it)."""
+    try:
+        obj = _any_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return raw
+    if not (isinstance(obj, dict) and isinstance(obj.get("custom_id"), str)
+            and isinstance(obj.get("body"), dict) and obj.get("url") in OPENAI_BATCH_URLS):
+        return raw
+    return _encoder.encode(obj["body"] | {"id": obj["custom_id"]})
 
 
 def now_ms() -> int:

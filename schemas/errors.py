@@ -21,3 +21,7 @@ class ErrorCode(StrEnum):
     TOKEN_OUT_OF_RANGE = "token_out_of_range"  # a prompt token id outside the vocabulary
     KV_BUDGET = "kv_budget"  # prompt + max_tokens exceed the worker's whole KV cache
     INTERNAL = "internal"  # a bug: the request is answered instead of stalling the rest
+    UNSUPPORTED_N = "unsupported_n"  # OpenAI `n` other than 1 (one completion per request)
+    UNSUPPORTED_STREAM = "unsupported_stream"  # OpenAI `stream: true` (results are whole)
+    NO_CHAT_TEMPLATE = "no_chat_template"  # `messages` for a model without a chat template
+    CHAT_TEMPLATE_ERROR = "chat_template_error"  # the model's chat template refused `messages`

@@ -27,7 +27,7 @@ def to_generation_request(binned: BinnedRequest) -> GenerationRequest:
         top_p=request.top_p,
         top_k=request.top_k,
         seed=request.seed,
-        stop=tuple(request.stop),
+        stop=tuple(request.stop_strings),
         ignore_eos=request.ignore_eos,
     )
     return GenerationRequest(

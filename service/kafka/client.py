@@ -11,13 +11,21 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
-from binbaton.schemas.codec import InvalidMessage, decode_result, encode, recover_id
-from binbaton.schemas.messages import Request, Result
+from binbaton.schemas.codec import (
+    InvalidMessage,
+    decode_request,
+    decode_result,
+    encode,
+    from_openai_batch_line,
+    recover_id,
+)
+from binbaton.schemas.messages import ChatMessage, Request, Result
 from binbaton.schemas.topics import TopicNames, prefix_of
 from binbaton.service.kafka.config import KafkaConfig
 from binbaton.service.kafka.topics import existing_partitions
@@ -43,16 +51,51 @@ def request_message(request: Request, at_s: float = 0.0) -> Outgoing:
 
 
 def raw_message(line: bytes, at_s: float = 0.0) -> Outgoing:
-    """A JSONL line sent as it is (the service validates it); keyed by its id if readable."""
-    request_id = recover_id(line)
-    return Outgoing(value=line, key=request_id.encode() if request_id else None, at_s=at_s)
+    """A JSONL line sent as it is (the service validates it; one that does not parse is
+    dead-lettered there); keyed by its id if readable. An OpenAI batch-file line
+    (``{custom_id, method, url, body}``) is sent as the Request it describes."""
+    value = from_openai_batch_line(line)
+    request_id = recover_id(value)
+    return Outgoing(value=value, key=request_id.encode() if request_id else None, at_s=at_s)
 
 
-def prompt_request(prompt: str, max_tokens: int, temperature: float, ignore_eos: bool,
-                   request_id: str | None = None) -> Request:
-    """A request for one prompt (a random id unless one is given)."""
-    return Request(id=request_id or uuid.uuid4().hex, prompt=prompt, max_tokens=max_tokens,
-                   temperature=temperature, ignore_eos=ignore_eos)
+@dataclass(frozen=True)
+class Sampling:
+    """The generation fields of a request built by the client (Request's defaults)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+def checked(request: Request) -> Request:
+    """``request`` if the service would accept its fields (a Request built in Python is not
+    validated against its bounds); else ``InvalidMessage`` with the service's code."""
+    return decode_request(encode(request))
+
+
+def text_request(prompt: str, sampling: Sampling, request_id: str | None = None) -> Request:
+    return checked(Request(id=request_id or uuid.uuid4().hex, prompt=prompt,
+                           **_fields(sampling)))
+
+
+def chat_request(user: str, sampling: Sampling, system: str | None = None,
+                 request_id: str | None = None) -> Request:
+    """A one-turn conversation (a system message first when given)."""
+    turns = [ChatMessage(role="system", content=system)] if system is not None else []
+    turns.append(ChatMessage(role="user", content=user))
+    return checked(Request(id=request_id or uuid.uuid4().hex, messages=turns,
+                           **_fields(sampling)))
+
+
+def _fields(sampling: Sampling) -> dict[str, Any]:
+    fields = asdict(sampling)
+    fields["stop"] = list(sampling.stop)
+    return fields
 
 
 async def produce(

@@ -71,6 +71,7 @@ GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
 GEN_AI_RESPONSE_ID = "gen_ai.response.id"
 TEXT_COMPLETION = "text_completion"  # gen_ai.operation.name: OpenAI completions-style API
+CHAT = "chat"  # gen_ai.operation.name: a `messages` request (chat completions)
 ERROR_TYPE = "error.type"
 
 KAFKA = "kafka"  # messaging.system
@@ -173,7 +174,7 @@ def request_attributes(request: Any, model: str | None = None) -> dict[str, Any]
     """GenAI request attributes of a ``Request``, plus ``binbaton.request.id``."""
     attributes: dict[str, Any] = {
         REQUEST_ID: request.id,
-        GEN_AI_OPERATION_NAME: TEXT_COMPLETION,
+        GEN_AI_OPERATION_NAME: TEXT_COMPLETION if request.messages is None else CHAT,
         GEN_AI_REQUEST_MAX_TOKENS: request.max_tokens,
         GEN_AI_REQUEST_TEMPERATURE: float(request.temperature),
         GEN_AI_REQUEST_TOP_P: float(request.top_p),
@@ -183,7 +184,7 @@ def request_attributes(request: Any, model: str | None = None) -> dict[str, Any]
     if request.seed is not None:
         attributes[GEN_AI_REQUEST_SEED] = request.seed
     if request.stop:
-        attributes[GEN_AI_REQUEST_STOP_SEQUENCES] = list(request.stop)
+        attributes[GEN_AI_REQUEST_STOP_SEQUENCES] = request.stop_strings
     if model:
         attributes[GEN_AI_REQUEST_MODEL] = model
     if request.prompt_token_ids is not None:

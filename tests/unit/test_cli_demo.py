@@ -7,8 +7,11 @@ import pytest
 from binbaton.schemas.messages import Request, Result, Timings, Usage
 from binbaton.service.app.commands.demo import COMMAND
 from binbaton.service.app.demo import (
+    CHAT_MAX_TOKENS,
+    CHAT_MODEL,
     DEMO_SPAN_S,
     PROMPT_MAX_TOKENS,
+    SPAN_S,
     build_workload,
     demo_settings,
     summary,
@@ -105,3 +108,51 @@ def test_summary_reports_throughput_latency_bins_and_rank_correlation() -> None:
     assert rows["2"][1:] == ["1", "25.0", "30.0", "30.0", "1"]
     # ranks: predicted 4,6,5,25 vs actual 4,6,2,30 -> (1,3,2,4) vs (2,3,1,4): rho = 0.8
     assert table.splitlines()[-1].endswith("over 4 requests: 0.800")
+
+
+def test_chat_workload_sends_held_out_instructions_as_user_messages() -> None:
+    workload = build_workload("chat", 12, time_scale=None)
+    requests = decoded(workload)
+    prompts = load_prompts(limit=12)
+    assert [[(m.role, m.content) for m in r.messages or []] for r in requests] == [
+        [("user", p.prompt)] for p in prompts]
+    assert all(r.prompt is None and r.max_tokens == CHAT_MAX_TOKENS and not r.ignore_eos
+               for r in requests)
+    at = [m.at_s for m in workload]
+    # The trace's arrivals, stretched (or squeezed) over the chat span: later requests are
+    # routed after the predictor learned from earlier results.
+    assert at == sorted(at) and abs(at[-1] - SPAN_S["chat"]) < 1e-6
+
+    settings = demo_settings(given(bootstrap_servers="h:1", predictor="auto"), workload,
+                             "chat")
+    assert settings["model"] == CHAT_MODEL and len(settings["bin_edges"]) == 3
+    mine = demo_settings(given(model="/m", bootstrap_servers="h:1"), workload, "chat")
+    assert mine["model"] == "/m"
+    assert demo_settings(given(bootstrap_servers="h:1"), build_workload("prompts", 5),
+                         "prompts")["model"] != CHAT_MODEL  # the 2M demo model
+
+
+def test_summary_thirds_and_question_answer_pairs() -> None:
+    sources = ["roleplay", "math", "tool"]
+    results = {}
+    for i in range(12):
+        length = [5, 20, 60][i % 3] + i
+        results[f"r{i:02d}"] = Result(
+            id=f"r{i:02d}", status="ok", bin=0, predicted_tokens=length if i >= 8 else 12 - i,
+            text=f"answer {i}\nsecond line", finish_reason="stop" if i % 2 else "length",
+            usage=Usage(prompt_tokens=3, completion_tokens=length),
+            metadata={"source": sources[i % 3]},
+            timings=Timings(first_token=1000 + 50, finished=1000 + 100 * (i + 1)))
+    sent = {rid: 1.0 + i for i, rid in enumerate(results)}
+    questions = {rid: f"question {rid}" + "?" * (12 - i) for i, rid in enumerate(results)}
+    table = summary(results, sent, wall_s=1.0, questions=questions).splitlines()
+    thirds = next(line for line in table if "first third" in line)
+    # first 4 sent: actual 5, 21, 62, 8 vs predicted 12, 11, 10, 9; last 4: predicted = actual
+    assert "first third (4 requests): -0.400" in thirds and "last third (4): 1.000" in thirds
+    pairs = [line for line in table if line.startswith(("  Q: ", "  A: "))]
+    assert len(pairs) == 6
+    # complete answers first, one per source, the shortest question first
+    assert pairs[0] == "  Q: question r11?" and pairs[1].startswith("  A: answer 11 second line")
+    assert pairs[1].endswith("[71 tokens, stop]")
+    assert [p.split()[2].rstrip("?") for p in pairs[::2]] == ["r11", "r09", "r07"]
+    assert summary(results, sent, wall_s=1.0).count("Q: ") == 0  # no questions: no pairs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import msgspec
 import pytest
 from binbaton.schemas.codec import (
     InvalidMessage,
@@ -13,6 +14,7 @@ from binbaton.schemas.codec import (
     decode_result,
     encode,
     error_result,
+    from_openai_batch_line,
     recover_id,
 )
 from binbaton.schemas.messages import ErrorInfo, Request, Result
@@ -39,6 +41,20 @@ def test_request_round_trip_and_defaults() -> None:
     (b'{"id": "", "prompt": "x"}', "invalid_request", "$.id", None),
     (b'{"prompt": "x"}', "invalid_request", "id", None),
     (b'{"id": "a", "prompt": "x", "extra": 1}', "invalid_request", "extra", "a"),
+    (b'{"id": "a", "prompt": "x", "messages": [{"role": "user", "content": "x"}]}',
+     "invalid_request", "exactly one of `prompt`, `prompt_token_ids` and `messages`", "a"),
+    (b'{"id": "a", "messages": []}', "invalid_request", "`messages` must not be empty", "a"),
+    (b'{"id": "a", "messages": [{"role": "tool", "content": "x"}]}', "invalid_request",
+     "$.messages[0].role", "a"),
+    (b'{"id": "a", "messages": [{"role": "user"}]}', "invalid_request", "content", "a"),
+    (b'{"id": "a", "messages": [{"role": "user", "content": "x", "name": "n"}]}',
+     "invalid_request", "name", "a"),
+    (b'{"id": "a", "prompt": "x", "stop": ""}', "invalid_request", "`stop`", "a"),
+    (b'{"id": "a", "prompt": "x", "stop": 3}', "invalid_request", "$.stop", "a"),
+    (b'{"id": "a", "prompt": "x", "n": 2}', "unsupported_n", "one completion", "a"),
+    (b'{"id": "a", "prompt": "x", "n": 0}', "unsupported_n", "n is 0", "a"),
+    (b'{"id": "a", "prompt": "x", "stream": true}', "unsupported_stream", "whole", "a"),
+    (b'{"id": "a", "prompt": "x", "stream": "no"}', "invalid_request", "$.stream", "a"),
 ])
 def test_invalid_requests_explain_themselves(payload: bytes, code: str, fragment: str,
                                              request_id: str | None) -> None:
@@ -68,5 +84,61 @@ def test_error_result_and_dead_letter_encode_and_decode() -> None:
 
 def test_request_is_a_struct_with_openai_field_names() -> None:
     fields = set(Request.__struct_fields__)
-    assert fields == {"id", "prompt", "prompt_token_ids", "max_tokens", "temperature", "top_p",
-                      "top_k", "seed", "stop", "ignore_eos", "metadata"}
+    assert fields == {"id", "prompt", "prompt_token_ids", "messages", "max_tokens",
+                      "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos", "metadata",
+                      "model", "user", "n", "stream"}
+
+
+def test_messages_request_in_the_openai_chat_shape() -> None:
+    raw = (b'{"id": "c", "model": "smollm2-135m-instruct", "user": "u1", "n": 1,'
+           b' "stream": false, "stop": "\\n\\n", "messages": ['
+           b'{"role": "system", "content": "Be brief."},'
+           b' {"role": "user", "content": "Capital of France?"},'
+           b' {"role": "assistant", "content": "Paris."},'
+           b' {"role": "user", "content": "And of Spain?"}]}')
+    request = decode_request(raw)
+    assert request.prompt is None and request.prompt_token_ids is None
+    assert [m.role for m in request.messages or []] == ["system", "user", "assistant", "user"]
+    assert request.stop == ["\n\n"] and request.stop_strings == ["\n\n"]
+    assert request.metadata == {"model": "smollm2-135m-instruct", "user": "u1"}
+    assert request.conversation_text() == "Be brief.\nCapital of France?\nParis.\nAnd of Spain?"
+    assert decode_request(encode(request)) == request
+
+
+def test_stop_as_a_list_and_metadata_keys_win_over_openai_fields() -> None:
+    request = decode_request(b'{"id": "s", "prompt": "x", "stop": ["a", "b"], "user": "u",'
+                             b' "metadata": {"user": "mine"}}')
+    assert request.stop == ["a", "b"] and request.metadata == {"user": "mine"}
+    built = Request(id="p", prompt="x", stop="end")  # built in Python: normalised the same way
+    assert built.stop == ["end"] and built.conversation_text() is None
+
+
+def test_prompt_requests_encode_as_before() -> None:
+    """The new optional fields stay off the wire unless set (the contract of old requests)."""
+    request = Request(id="r", prompt="hi", stop=["x"], metadata={"k": "v"})
+    assert encode(request) == b'{"id":"r","prompt":"hi","stop":["x"],"metadata":{"k":"v"}}'
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (b'{"custom_id": "b1", "method": "POST", "url": "/v1/chat/completions", "body": '
+     b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}}',
+     {"id": "b1", "model": "m", "messages": [{"role": "user", "content": "hi"}],
+      "max_tokens": 5}),
+    (b'{"custom_id": "b2", "method": "POST", "url": "/v1/completions", "body": '
+     b'{"prompt": "hi", "id": "ignored"}}', {"id": "b2", "prompt": "hi"}),
+])
+def test_openai_batch_lines_become_requests(line: bytes, expected: dict) -> None:
+    converted = from_openai_batch_line(line)
+    assert msgspec.json.decode(converted) == expected
+    assert decode_request(converted).id == expected["id"]
+
+
+@pytest.mark.parametrize("line", [
+    b'{"id": "r", "prompt": "hi"}',
+    b'{"custom_id": "b", "url": "/v1/embeddings", "body": {"input": "x"}}',
+    b'{"custom_id": "b", "url": "/v1/chat/completions", "body": "not an object"}',
+    b"{not json",
+    b"\xff\xfe",
+])
+def test_other_lines_are_left_as_they_are(line: bytes) -> None:
+    assert from_openai_batch_line(line) == line

@@ -42,6 +42,18 @@ Translate to French: the weather is nice today. What is the capital of Portugal?
 """
 
 
+# A chat template in the usual shape (special tokens around each turn, the assistant's
+# header as the generation prompt) that, like many real ones, refuses a late system turn.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' and not loop.first %}"
+    "{{ raise_exception('a system message must come first') }}{% endif %}"
+    "{{ '" + BOS + "' + m['role'] + '\\n' + m['content'] + '" + EOS + "\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '" + BOS + "assistant\\n' }}{% endif %}"
+)
+
+
 def build_tokenizer(
     texts: Iterable[str],
     vocab_size: int,
@@ -115,12 +127,15 @@ def tiny_config(arch: str, vocab_size: int, **overrides: Any) -> PretrainedConfi
 
 
 def save_tiny_checkpoint(
-    path: str | Path, arch: str = "llama", seed: int = 0, **overrides: Any
+    path: str | Path, arch: str = "llama", seed: int = 0, chat_template: str | None = None,
+    **overrides: Any,
 ) -> Path:
-    """Write a random tiny ``arch`` checkpoint + tokenizer + generation_config to ``path``."""
+    """Write a random tiny ``arch`` checkpoint + tokenizer + generation_config to ``path``
+    (the tokenizer with ``chat_template`` when given, e.g. ``TINY_CHAT_TEMPLATE``)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer([SAMPLE_TEXT] * 4, vocab_size=overrides.pop("vocab_size", 1000))
+    tokenizer.chat_template = chat_template
     config = tiny_config(arch, vocab_size=len(tokenizer), **overrides)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)  # float32

@@ -14,16 +14,19 @@ from binbaton.service.app.signals import run_until_signal
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", choices=WORKLOADS, default=WORKLOADS[0],
-                        help="prompts: held-out instruction prompts, the learned predictor and "
-                             "the model's own stopping (default); trace: the Azure trace's "
+                        help="chat (default): held-out instructions as user messages to "
+                             "smollm2-135m-instruct, the learned predictor learning its "
+                             "lengths online; prompts: the same instructions as raw prompts "
+                             "to the 2M-parameter demo model; trace: the Azure trace's "
                              "lengths with ignore_eos, routed by the oracle predictor")
     parser.add_argument("--requests", type=int, default=None,
-                        help="how many requests (default: 300 prompts, 200 trace rows)")
+                        help="how many requests (default: 30 chat, 300 prompts, "
+                             "200 trace rows)")
     parser.add_argument("--time-scale", type=float, default=None,
                         help="replay the arrivals this many times faster "
-                             "(default: squeezed into about 20 s)")
+                             "(default: squeezed into about 60 s for chat, else 20 s)")
     parser.add_argument("--max-tokens", type=int, default=None,
-                        help="prompts: each request's max_tokens (default 256)")
+                        help="chat, prompts: each request's max_tokens (default 80, 256)")
 
 
 def run(args: argparse.Namespace, values: Values) -> int:

@@ -1,5 +1,6 @@
-"""``binbaton produce``: send requests: one prompt, a JSONL file (sent as it is) or a trace
-replayed at its arrival times. Prints each request's id."""
+"""``binbaton produce``: send requests: one prompt, one chat message, a JSONL file (each line
+sent as it is; an OpenAI batch-file line as the request it describes) or a trace replayed
+at its arrival times. Prints each request's id."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import asyncio
 import sys
 
+from binbaton.schemas.messages import Request
 from binbaton.schemas.settings import ConfigError
 from binbaton.service.app import workload
 from binbaton.service.app.command import Command
@@ -17,11 +19,22 @@ from binbaton.service.kafka import client
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", help="one request with this prompt")
+    parser.add_argument("--prompt", help="one request with this prompt (tokenized as it is)")
+    parser.add_argument("--chat", metavar="TEXT",
+                        help="one request whose `messages` are this user message (rendered "
+                             "with the model's chat template)")
+    parser.add_argument("--system", metavar="TEXT", help="--chat: a system message before it")
     parser.add_argument("--id", help="its id (default: random)")
     parser.add_argument("--max-tokens", type=int, default=64, help="its max_tokens")
     parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--file", help="Request JSON lines, sent as they are ('-': stdin)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest "
+                                                             "(0: all)")
+    parser.add_argument("--seed", type=int, default=None, help="per-request sampling seed")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="a stop string (repeat for more)")
+    parser.add_argument("--file", help="Request JSON lines, sent as they are ('-': stdin); "
+                                       "OpenAI batch-file lines (custom_id, url, body) too")
     parser.add_argument("--trace", metavar="CSV",
                         help="replay an Azure LLM trace CSV ('slice': the copy in the repo)")
     parser.add_argument("--count", type=int, default=None, help="send at most this many")
@@ -38,14 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def messages_of(args: argparse.Namespace) -> list[client.Outgoing]:
-    sources = sum(x is not None for x in (args.prompt, args.file, args.trace))
+    sources = sum(x is not None for x in (args.prompt, args.chat, args.file, args.trace))
     if sources != 1:
-        raise ConfigError("give exactly one of --prompt, --file, --trace")
-    if args.prompt is not None:
-        request = client.prompt_request(args.prompt, max_tokens=args.max_tokens,
-                                        request_id=args.id, ignore_eos=args.ignore_eos,
-                                        temperature=args.temperature)
-        return [client.request_message(request)]
+        raise ConfigError("give exactly one of --prompt, --chat, --file, --trace")
+    if args.system is not None and args.chat is None:
+        raise ConfigError("--system goes with --chat")
+    if args.prompt is not None or args.chat is not None:
+        return [client.request_message(one_request(args))]
     if args.file is not None:
         handle = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
         with handle:
@@ -56,6 +68,19 @@ def messages_of(args: argparse.Namespace) -> list[client.Outgoing]:
     return workload.trace_requests(
         rows, length_scale=args.length_scale, time_scale=args.time_scale,
         max_tokens_cap=args.max_tokens_cap, context_cap=args.context_cap, ignore_eos=True)
+
+
+def one_request(args: argparse.Namespace) -> Request:
+    sampling = client.Sampling(max_tokens=args.max_tokens, temperature=args.temperature,
+                               top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                               stop=tuple(args.stop), ignore_eos=args.ignore_eos)
+    try:
+        if args.chat is not None:
+            return client.chat_request(args.chat, sampling, system=args.system,
+                                       request_id=args.id)
+        return client.text_request(args.prompt, sampling, request_id=args.id)
+    except ValueError as exc:  # InvalidMessage, or Request's own checks
+        raise ConfigError(str(exc)) from exc
 
 
 def run(args: argparse.Namespace, values: Values) -> int:
