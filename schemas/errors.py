@@ -21,3 +21,8 @@ class ErrorCode(StrEnum):
     TOKEN_OUT_OF_RANGE = "token_out_of_range"  # a prompt token id outside the vocabulary
     KV_BUDGET = "kv_budget"  # prompt + max_tokens exceed the worker's whole KV cache
     INTERNAL = "internal"  # a bug: the request is answered instead of stalling the rest
+    TOO_DEEP = "too_deep"  # JSON nested deeper than the codec's MAX_DEPTH
+    OUT_OF_RANGE = "out_of_range"  # an integer the engine's types cannot hold (seed, top_k, …)
+    FIELD_TOO_LARGE = "field_too_large"  # prompt, stop list or metadata over its size limit
+    KEY_MISMATCH = "key_mismatch"  # the message key is not the request's id
+    DUPLICATE_ID = "duplicate_id"  # an id in flight, reused by a different request

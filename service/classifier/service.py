@@ -271,12 +271,20 @@ class Classifier:
             await self._reject(record, problem, received, acks)
             return None
         try:
-            return decode_request(raw)
+            request = decode_request(raw)
         except InvalidMessage as problem:
             if problem.request_id is None:
                 problem.request_id = _key_id(record)
             await self._reject(record, problem, received, acks)
             return None
+        if record.key and record.key != request.id.encode():
+            problem = InvalidMessage(
+                ErrorCode.KEY_MISMATCH,
+                f"the message key {record.key[:64]!r} is not the request id {request.id!r}: "
+                "key each request by its id (or send it without a key)", request.id)
+            await self._reject(record, problem, received, acks, request)
+            return None
+        return request
 
     async def _send_binned(
         self, record: ConsumerRecord, decision: Decision, received: int, classified: int

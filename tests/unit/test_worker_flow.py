@@ -4,7 +4,7 @@ tests/integration/test_worker.py runs the same paths through the real broker and
 import asyncio
 
 from aiokafka import ConsumerRecord, TopicPartition
-from binbaton.schemas.codec import encode
+from binbaton.schemas.codec import decode_result, encode
 from binbaton.schemas.messages import BinnedRequest, Request
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.consumer import BinConsumer
@@ -170,6 +170,28 @@ async def test_redelivered_id_in_flight_shares_the_engine_request():
     engine.finish("a")
     await settle()
     assert worker.in_flight == 0
+    await bin_consumer.commit()
+    assert consumer.commits == [{TP0: 2}]
+
+
+async def test_a_different_request_under_an_id_in_flight_gets_duplicate_id():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    other = encode(BinnedRequest(
+        request=Request(id="a", prompt_token_ids=[7, 8], max_tokens=2),
+        prompt_token_ids=[7, 8], predicted_tokens=2, bin=0, received=1, classified=2,
+    ))
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a"), record(TP0, 1, "a", other)]})
+    await settle()
+    assert engine.submitted == ["a"]  # the second never reaches the engine
+    sent = [(topic, decode_result(value) if topic == "p.results" else None)
+            for topic, value, _, _ in worker._producer.sent]
+    results = [result for topic, result in sent if result is not None]
+    assert [topic for topic, _ in sent] == ["p.dlq", "p.results"]
+    assert results[0].error is not None and results[0].error.code == "duplicate_id"
+    engine.finish("a")
+    await settle()
+    first = decode_result(worker._producer.sent[-1][1])
+    assert first.status == "ok" and first.token_ids == [4, 5]
     await bin_consumer.commit()
     assert consumer.commits == [{TP0: 2}]
 
