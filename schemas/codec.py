@@ -206,6 +206,17 @@ def recover_id(raw: bytes) -> str | None:
     return None
 
 
+def key_id(key: bytes | None) -> str | None:
+    """A message key as a request id, when it can be one."""
+    if not key:
+        return None
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if _is_id(text) else None
+
+
 def _is_id(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
 

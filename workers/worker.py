@@ -43,6 +43,7 @@ from binbaton.schemas.codec import (
     decode_binned,
     encode,
     error_result,
+    key_id,
     now_ms,
     recover_id,
 )
@@ -324,7 +325,8 @@ class Worker:
             binned = decode_binned(record.value or b"")
         except InvalidMessage as exc:
             error = ErrorInfo(exc.code, str(exc))
-            return await self._reject(record, bin_consumer.bin, error, exc.request_id, span)
+            request_id = exc.request_id or key_id(record.key)
+            return await self._reject(record, bin_consumer.bin, error, request_id, span)
         self.telemetry.annotate(span, binned)
         try:
             request = to_generation_request(binned)

@@ -29,6 +29,7 @@ from binbaton.schemas.codec import (
     decode_result,
     encode,
     error_result,
+    key_id,
     now_ms,
     recover_id,
 )
@@ -274,7 +275,7 @@ class Classifier:
             request = decode_request(raw)
         except InvalidMessage as problem:
             if problem.request_id is None:
-                problem.request_id = _key_id(record)
+                problem.request_id = key_id(record.key)
             await self._reject(record, problem, received, acks)
             return None
         if record.key and record.key != request.id.encode():
@@ -403,17 +404,6 @@ class Classifier:
                     await self._feedback.commit(
                         {tp: part[-1].offset + 1 for tp, part in batches.items()}
                     )
-
-
-def _key_id(record: ConsumerRecord) -> str | None:
-    """The message key as a request id, when it is one."""
-    if not record.key:
-        return None
-    try:
-        key = record.key.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return key if 0 < len(key) <= 128 else None
 
 
 def _trace_headers(record: ConsumerRecord) -> list[tuple[str, bytes]]:
