@@ -4,6 +4,7 @@ embedded broker reports a partition's end offset short (a write of several recor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -40,10 +41,8 @@ async def test_results_latest_shows_only_new_results(broker: str, unique_prefix:
             await producer.send_and_wait(topic, encode(Result(id=f"new-{sent}", status="ok")),
                                          key=f"new-{sent}".encode())
             sent += 1
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), 0.3)
-            except TimeoutError:
-                pass
         stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
     finally:
         await producer.stop()
