@@ -279,11 +279,11 @@ class Classifier:
             await self._reject(record, problem, received, acks)
             return None
         if record.key and record.key != request.id.encode():
-            problem = InvalidMessage(
+            mismatch = InvalidMessage(
                 ErrorCode.KEY_MISMATCH,
                 f"the message key {record.key[:64]!r} is not the request id {request.id!r}: "
                 "key each request by its id (or send it without a key)", request.id)
-            await self._reject(record, problem, received, acks, request)
+            await self._reject(record, mismatch, received, acks, request)
             return None
         return request
 

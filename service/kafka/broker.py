@@ -155,7 +155,7 @@ class EmbeddedBroker:
         if self._process is not None:
             raise BrokerError("broker already started")
         if answers_metadata(self.host, self.port):
-            raise PortInUse(
+            raise BrokerError(
                 f"a Kafka broker already answers on {self.bootstrap_servers}: stop it (another "
                 f"`binbaton up`?), use it (--bootstrap-servers {self.bootstrap_servers}), or "
                 "give another --broker-port")
