@@ -25,3 +25,8 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_STREAM = "unsupported_stream"  # OpenAI `stream: true` (results are whole)
     NO_CHAT_TEMPLATE = "no_chat_template"  # `messages` for a model without a chat template
     CHAT_TEMPLATE_ERROR = "chat_template_error"  # the model's chat template refused `messages`
+    TOO_DEEP = "too_deep"  # JSON nested deeper than the codec's MAX_DEPTH
+    OUT_OF_RANGE = "out_of_range"  # an integer the engine's types cannot hold (seed, top_k, …)
+    FIELD_TOO_LARGE = "field_too_large"  # prompt, stop list or metadata over its size limit
+    KEY_MISMATCH = "key_mismatch"  # the message key is not the request's id
+    DUPLICATE_ID = "duplicate_id"  # an id in flight, reused by a different request

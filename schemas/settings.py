@@ -19,8 +19,22 @@ from typing import Any
 SETTING = "binbaton.setting"  # the key of a field's metadata that holds its Setting
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the person running a command can fix. The message names the problem and
+    the fix on one line; the ``binbaton`` dispatcher prints it (no traceback unless
+    --log-level DEBUG) and exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class ConfigError(UserError, ValueError):
     """A setting has a bad value; the message names where it came from."""
+
+    exit_code = 2  # as argparse exits on a bad command line
+
+
+class PortInUse(UserError):
+    """A port a command would listen on is taken."""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,11 @@ def to_generation_request(binned: BinnedRequest) -> GenerationRequest:
     )
 
 
+def same_request(a: GenerationRequest, b: GenerationRequest) -> bool:
+    """The same generation (a redelivered copy), whatever bin the classifier chose."""
+    return (a.id, a.prompt_token_ids, a.sampling) == (b.id, b.prompt_token_ids, b.sampling)
+
+
 def unix_ms(seconds: float | None) -> int | None:
     """Unix seconds (engine) -> unix milliseconds (wire); None/0 mean "never happened"."""
     return int(seconds * 1000) if seconds else None

@@ -43,6 +43,7 @@ from binbaton.schemas.codec import (
     decode_binned,
     encode,
     error_result,
+    key_id,
     now_ms,
     recover_id,
 )
@@ -64,6 +65,7 @@ from binbaton.workers.engine.request import GenerationOutput, GenerationRequest
 from binbaton.workers.messages import (
     Headers,
     build_result,
+    same_request,
     to_generation_request,
     trace_headers,
 )
@@ -117,7 +119,8 @@ class Worker:
         self.failed = False  # the engine broke: exit non-zero, leave messages uncommitted
         self._capacity_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._by_id: dict[str, asyncio.Future[GenerationOutput]] = {}
+        # id -> the request in the engine under that id, and its output
+        self._by_id: dict[str, tuple[GenerationRequest, asyncio.Future[GenerationOutput]]] = {}
         self._producer: AIOKafkaProducer | None = None
         self._consumers: list[BinConsumer] = []
         self._stop = asyncio.Event()
@@ -322,7 +325,8 @@ class Worker:
             binned = decode_binned(record.value or b"")
         except InvalidMessage as exc:
             error = ErrorInfo(exc.code, str(exc))
-            return await self._reject(record, bin_consumer.bin, error, exc.request_id, span)
+            request_id = exc.request_id or key_id(record.key)
+            return await self._reject(record, bin_consumer.bin, error, request_id, span)
         self.telemetry.annotate(span, binned)
         try:
             request = to_generation_request(binned)
@@ -330,6 +334,11 @@ class Worker:
             error = ErrorInfo(ErrorCode.INVALID_REQUEST, f"invalid binned request: {exc}")
             return await self._reject(record, bin_consumer.bin, error, binned.request.id, span,
                                       binned)
+        if self._reuses_id(request):
+            error = ErrorInfo(ErrorCode.DUPLICATE_ID,
+                              f"id {request.id!r} is in flight with a different request: "
+                              "give every request its own id")
+            return await self._reject(record, bin_consumer.bin, error, request.id, span, binned)
         try:
             output = await asyncio.shield(self._submit(request))
         except Exception as exc:
@@ -369,13 +378,20 @@ class Worker:
             return
         self.metrics.set_batch(engine.last_step.running, engine.config.max_batch)
 
+    def _reuses_id(self, request: GenerationRequest) -> bool:
+        """True when a different request under the same id is in the engine (a redelivered
+        copy of the same request is not: it shares the first one's future)."""
+        held = self._by_id.get(request.id)
+        return held is not None and not same_request(held[0], request)
+
     def _submit(self, request: GenerationRequest) -> asyncio.Future[GenerationOutput]:
         # A redelivered id still in the engine (revoke, then re-assign) shares its future.
-        future = self._by_id.get(request.id)
-        if future is None:
-            future = self.engine.submit(request)
-            self._by_id[request.id] = future
-            future.add_done_callback(lambda _: self._by_id.pop(request.id, None))
+        held = self._by_id.get(request.id)
+        if held is not None:
+            return held[1]
+        future = self.engine.submit(request)
+        self._by_id[request.id] = (request, future)
+        future.add_done_callback(lambda _: self._by_id.pop(request.id, None))
         return future
 
     async def _reject(

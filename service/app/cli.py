@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
+from binbaton.schemas.settings import UserError
 from binbaton.service.app.commands import SUMMARIES, module_of
 from binbaton.service.app.flags import Flag
 
@@ -33,9 +36,18 @@ def command_flags(name: str) -> list[Flag]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command. A ``UserError`` (a bad setting, a model that cannot load, a port in
+    use, no broker at the address, …) ends as one line naming the problem and the fix, and
+    its exit code (2: a bad setting; 1: the rest); the traceback only at --log-level DEBUG."""
     argv = list(sys.argv[1:] if argv is None else argv)
     overview().parse_args(argv[:1])  # --help, or no/unknown command: usage and exit
-    code: int = importlib.import_module(module_of(argv[0])).main(argv[1:])
+    try:
+        code: int = importlib.import_module(module_of(argv[0])).main(argv[1:])
+    except UserError as exc:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            traceback.print_exception(exc)
+        print(f"binbaton {argv[0]}: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     return code
 
 

@@ -8,12 +8,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from binbaton.schemas.settings import ConfigError
 from binbaton.service.app.commands import SUMMARIES
 from binbaton.service.app.flags import Flag, Section, Values, add_flags, merge, resolve
 from binbaton.service.app.logs import LogConfig, setup_logging
-
-EXIT_BAD_SETTING = 2  # as argparse exits on a bad command line
 
 
 @dataclass(frozen=True)
@@ -36,12 +33,10 @@ class Command:
         return parser
 
     def main(self, argv: Sequence[str] | None = None) -> int:
+        """Parse, resolve, set up logging, run. A bad setting raises ConfigError, which the
+        dispatcher (``cli.main``) reports with the other UserErrors."""
         args = self.parser().parse_args(sys.argv[1:] if argv is None else argv)
-        try:
-            values = resolve(args, self.flags)
-            if "log_level" in values:
-                setup_logging(LogConfig(values["log_level"]))
-            return self.run(args, values)
-        except ConfigError as exc:
-            print(f"binbaton {self.name}: {exc}", file=sys.stderr)
-            return EXIT_BAD_SETTING
+        values = resolve(args, self.flags)
+        if "log_level" in values:
+            setup_logging(LogConfig(values["log_level"]))
+        return self.run(args, values)

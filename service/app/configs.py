@@ -12,7 +12,7 @@ from binbaton.service.app.workload import trace_output_lengths
 from binbaton.service.classifier.bins import BinBoundaries
 from binbaton.service.classifier.config import ClassifierConfig
 from binbaton.service.kafka.broker import DEFAULT_PORT
-from binbaton.service.kafka.config import KafkaConfig, embedded_bootstrap
+from binbaton.service.kafka.config import KafkaConfig, check_reachable, embedded_bootstrap
 from binbaton.service.kafka.topics import TopicsConfig
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.engine.config import EngineConfig
@@ -24,9 +24,14 @@ def uses_embedded_broker(values: Values) -> bool:
 
 
 def kafka_config(values: Values, client_id: str) -> KafkaConfig:
+    """The Kafka settings of a command; raises BrokerUnreachable (one line, exit 1) when
+    nothing answers at the bootstrap address, before any client retries."""
+    embedded = uses_embedded_broker(values)
     bootstrap = (embedded_bootstrap(values.get("broker_port") or DEFAULT_PORT)
-                 if uses_embedded_broker(values) else values["bootstrap_servers"])
-    return KAFKA.build(values, bootstrap_servers=bootstrap, client_id=client_id)
+                 if embedded else values["bootstrap_servers"])
+    config = KAFKA.build(values, bootstrap_servers=bootstrap, client_id=client_id)
+    check_reachable(config.bootstrap_servers, embedded)
+    return config
 
 
 def topics_config(values: Values) -> TopicsConfig:

@@ -29,6 +29,7 @@ from binbaton.schemas.codec import (
     decode_result,
     encode,
     error_result,
+    key_id,
     now_ms,
     recover_id,
 )
@@ -271,12 +272,20 @@ class Classifier:
             await self._reject(record, problem, received, acks)
             return None
         try:
-            return decode_request(raw)
+            request = decode_request(raw)
         except InvalidMessage as problem:
             if problem.request_id is None:
-                problem.request_id = _key_id(record)
+                problem.request_id = key_id(record.key)
             await self._reject(record, problem, received, acks)
             return None
+        if record.key and record.key != request.id.encode():
+            mismatch = InvalidMessage(
+                ErrorCode.KEY_MISMATCH,
+                f"the message key {record.key[:64]!r} is not the request id {request.id!r}: "
+                "key each request by its id (or send it without a key)", request.id)
+            await self._reject(record, mismatch, received, acks, request)
+            return None
+        return request
 
     async def _send_binned(
         self, record: ConsumerRecord, decision: Decision, received: int, classified: int
@@ -395,17 +404,6 @@ class Classifier:
                     await self._feedback.commit(
                         {tp: part[-1].offset + 1 for tp, part in batches.items()}
                     )
-
-
-def _key_id(record: ConsumerRecord) -> str | None:
-    """The message key as a request id, when it is one."""
-    if not record.key:
-        return None
-    try:
-        key = record.key.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return key if 0 < len(key) <= 128 else None
 
 
 def _trace_headers(record: ConsumerRecord) -> list[tuple[str, bytes]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from binbaton.schemas.settings import positive_int, setting
+from binbaton.schemas.settings import PortInUse, UserError, positive_int, setting
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
@@ -30,7 +30,7 @@ class BrokerConfig:
         "port of the embedded broker", flag="broker-port", parse=positive_int))
 
 
-class BrokerError(RuntimeError):
+class BrokerError(UserError, RuntimeError):
     """The embedded broker could not be found, started or reached."""
 
 
@@ -54,6 +54,17 @@ def free_port(host: str = DEFAULT_HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Raises PortInUse (naming ``flag``, the fix) when ``host:port`` cannot be bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(f"port {port} on {host} is in use ({exc.strerror}): stop what "
+                            f"holds it, or give another {flag}") from exc
 
 
 def _metadata_request(correlation_id: int) -> bytes:
@@ -87,6 +98,24 @@ def answers_metadata(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
     correlation_id, num_brokers = struct.unpack(">ii", payload[:8])
     return correlation_id == 7 and num_brokers >= 1
+
+
+def answers_kafka(host: str, port: int, timeout: float = 3.0) -> bool:
+    """True when host:port answers an ApiVersions v0 request as a Kafka broker does (every
+    broker version keeps v0: clients start their version negotiation with it)."""
+    client_id = b"binbaton-probe"
+    body = struct.pack(">hhih", 18, 0, 11, len(client_id)) + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(struct.pack(">i", len(body)) + body)
+            (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+            if not 6 <= size <= 1 << 20:
+                return False
+            (correlation_id,) = struct.unpack(">i", _recv_exact(sock, 4))
+    except (OSError, ConnectionError):
+        return False
+    return correlation_id == 11
 
 
 class EmbeddedBroker:
@@ -126,7 +155,11 @@ class EmbeddedBroker:
         if self._process is not None:
             raise BrokerError("broker already started")
         if answers_metadata(self.host, self.port):
-            raise BrokerError(f"something already answers Kafka on {self.bootstrap_servers}")
+            raise BrokerError(
+                f"a Kafka broker already answers on {self.bootstrap_servers}: stop it (another "
+                f"`binbaton up`?), use it (--bootstrap-servers {self.bootstrap_servers}), or "
+                "give another --broker-port")
+        check_port_free(self.host, self.port, "--broker-port")
         url = f"tcp://{self.host}:{self.port}"
         command = [tansu_binary(), "broker", "--listener-url", url,
                    "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]

@@ -23,6 +23,7 @@ from binbaton.schemas.codec import (
     decode_result,
     encode,
     from_openai_batch_line,
+    now_ms,
     recover_id,
 )
 from binbaton.schemas.messages import ChatMessage, Request, Result
@@ -162,12 +163,19 @@ async def wait_for_topic(bootstrap_servers: str, topic: str, timeout: float = 15
 
 
 class ResultFollower:
-    """Follows the results topic by assigned partitions; yields each id's first result."""
+    """Follows the results topic by assigned partitions; yields each id's first result.
+
+    Not ``from_beginning``: only results produced after ``start`` (the record's timestamp,
+    at or after the start). Seeking to the end alone is not enough: the embedded broker
+    reports a partition's end offset short when the last write held several records, so
+    older results would come through."""
 
     def __init__(self, kafka: KafkaConfig, topic: str, from_beginning: bool = True) -> None:
         self.kafka = kafka
         self.topic = topic
         self.from_beginning = from_beginning
+        self.since_ms: int | None = None  # not from the beginning: when following started
+        self.older = 0  # results skipped as produced before ``since_ms``
         self.seen: dict[str, Result] = {}  # id -> its first result
         self.received: list[Result] = []  # every result read, duplicates included
         self.duplicates = 0
@@ -175,6 +183,7 @@ class ResultFollower:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
+        self.since_ms = None if self.from_beginning else now_ms()
         kwargs = self.kafka.consumer_kwargs(group_id=None, client_id="binbaton-results")
         kwargs["auto_offset_reset"] = "earliest" if self.from_beginning else "latest"
         self._consumer = AIOKafkaConsumer(**kwargs)
@@ -208,6 +217,9 @@ class ResultFollower:
         fresh: list[Result] = []
         batches = await self._consumer.getmany(timeout_ms=timeout_ms)
         for record in (r for part in batches.values() for r in part):
+            if self.since_ms is not None and record.timestamp < self.since_ms:
+                self.older += 1
+                continue
             try:
                 result = decode_result(record.value or b"")
             except InvalidMessage:

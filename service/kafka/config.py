@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from binbaton.schemas.settings import ConfigError, non_empty, positive_int, setting
-from binbaton.service.kafka.broker import DEFAULT_HOST, DEFAULT_PORT
+from binbaton.schemas.settings import ConfigError, UserError, non_empty, positive_int, setting
+from binbaton.service.kafka.broker import DEFAULT_HOST, DEFAULT_PORT, answers_kafka
 
+REACH_TIMEOUT_S = 3.0  # per bootstrap server: how long "nothing answers" may take
 FETCH_MAX_BYTES = 52_428_800  # aiokafka's default, raised when a message may be larger
 PARTITION_FETCH_BYTES = 1_048_576
 
@@ -19,6 +20,30 @@ PARTITION_FETCH_BYTES = 1_048_576
 def embedded_bootstrap(port: int = DEFAULT_PORT) -> str:
     """Bootstrap servers of the embedded broker on this machine."""
     return f"{DEFAULT_HOST}:{port}"
+
+
+class BrokerUnreachable(UserError):
+    """No Kafka broker answers at the bootstrap servers."""
+
+
+def check_reachable(bootstrap_servers: str, embedded: bool,
+                    timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Returns once one bootstrap server answers as a Kafka broker; else raises
+    BrokerUnreachable, naming the address and the fix (within ``timeout_s`` per server,
+    instead of a client's retries and a traceback)."""
+    servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if port.isdigit() and answers_kafka(host.strip("[]"), int(port), timeout_s):
+            return
+    if embedded:
+        raise BrokerUnreachable(
+            f"no Kafka broker answers at {bootstrap_servers}, the embedded broker's address (no "
+            "--bootstrap-servers given): start `binbaton up` (or `binbaton broker`) first, "
+            "or give --bootstrap-servers HOST:PORT")
+    raise BrokerUnreachable(
+        f"no Kafka broker answers at --bootstrap-servers {bootstrap_servers}: start Kafka "
+        "there, or correct --bootstrap-servers")
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ own registry, so several services in one process (``binbaton up``) share one end
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import Any
 
-from binbaton.schemas.settings import non_negative_int, setting
+from binbaton.schemas.settings import PortInUse, non_negative_int, setting
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -33,7 +34,9 @@ class MetricsConfig:
     port: int = field(default=0, metadata=setting(
         "Prometheus metrics on this port (0: off); `up`: the classifier's, and worker i of `up` "
         "takes this port + 1 + i", flag="metrics-port", parse=non_negative_int))
-    host: str = "0.0.0.0"
+    host: str = field(default="127.0.0.1", metadata=setting(
+        "address the Prometheus endpoint binds (0.0.0.0: every interface)",
+        flag="metrics-host"))
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -107,8 +110,14 @@ class Metrics:
         """Start the HTTP endpoint (a daemon thread) unless the port is 0; returns the port."""
         if config.port == 0:
             return None
-        self._server, _thread = start_http_server(config.port, addr=config.host,
-                                                  registry=self.registry)
+        try:
+            self._server, _thread = start_http_server(config.port, addr=config.host,
+                                                      registry=self.registry)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise PortInUse(f"metrics port {config.port} on {config.host} is in use: give "
+                            "another --metrics-port (0: off)") from exc
         return self._server.server_port
 
     def close(self) -> None:

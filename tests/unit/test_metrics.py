@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from binbaton.schemas.messages import ErrorInfo, Result, Timings, Usage
+from binbaton.schemas.settings import PortInUse, UserError
 from binbaton.service.kafka.broker import free_port
 from binbaton.service.telemetry.metrics import Metrics, MetricsConfig
 from helpers.prometheus import scrape
@@ -108,3 +111,15 @@ def test_two_metrics_objects_do_not_collide() -> None:
     first.set_queue_depth(0, 1)
     assert second.registry.get_sample_value("binbaton_queue_depth", {"bin": "0"}) is None
     assert first.registry.get_sample_value("binbaton_queue_depth", {"bin": "0"}) == 1
+
+
+def test_the_endpoint_binds_this_machine_by_default_and_a_taken_port_is_a_user_error() -> None:
+    assert MetricsConfig().host == "127.0.0.1"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortInUse, match=f"metrics port {port} on 127.0.0.1 is in use: "
+                                            "give another --metrics-port") as caught:
+            Metrics().serve(MetricsConfig(port=port))
+    assert isinstance(caught.value, UserError) and caught.value.exit_code == 1

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import msgspec
 import pytest
 from binbaton.schemas.codec import (
     InvalidMessage,
     dead_letter,
+    decode_binned,
     decode_dead_letter,
     decode_request,
     decode_result,
@@ -17,7 +19,8 @@ from binbaton.schemas.codec import (
     from_openai_batch_line,
     recover_id,
 )
-from binbaton.schemas.messages import ErrorInfo, Request, Result
+from binbaton.schemas.guard import scan_id, too_deep
+from binbaton.schemas.messages import BinnedRequest, ErrorInfo, Request, Result
 
 
 def test_request_round_trip_and_defaults() -> None:
@@ -142,3 +145,122 @@ def test_openai_batch_lines_become_requests(line: bytes, expected: dict) -> None
 ])
 def test_other_lines_are_left_as_they_are(line: bytes) -> None:
     assert from_openai_batch_line(line) == line
+
+
+# -- guarded decoding: depth on the raw bytes, sizes, integer ranges, duplicate keys --------
+
+DEEP = b"[" * 10_000 + b"]" * 10_000
+
+
+@pytest.mark.parametrize(("payload", "request_id"), [
+    (b'{"id": "d", "prompt": "x", "metadata": ' + DEEP + b"}", "d"),
+    (b'{"id": "d", "prompt": "x", "unknown": ' + DEEP + b"}", "d"),
+    (b'{"id": "d", "prompt": "x", "unknown": ' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001,
+     "d"),
+    (DEEP, None),
+    (b'{"id": "d", "prompt": "x", "m": ' + b"[" * 10_000, "d"),  # unbalanced, truncated
+    (b'{"id": "d", "prompt": "x", "m": ' + b"[" * 17 + b"]" * 17 + b"}", "d"),
+])
+def test_deep_nesting_is_refused_before_any_decoder_recurses(payload: bytes,
+                                                             request_id: str | None) -> None:
+    for decode in (decode_request, decode_binned, decode_result, decode_dead_letter):
+        with pytest.raises(InvalidMessage) as caught:
+            decode(payload)
+        assert caught.value.code == "too_deep"
+    assert caught.value.request_id == request_id == recover_id(payload)
+
+
+def test_depth_counts_no_brackets_inside_strings_and_scans_in_linear_time() -> None:
+    assert not too_deep(b'{"p": "' + b"[" * 5000 + b'"}', 16)
+    assert not too_deep(b'{"p": "a\\"[[[[[[[[[[[[[[[[[[[[", "q": []}', 16)
+    assert not too_deep(b"[" * 16 + b"]" * 16, 16) and too_deep(b"[" * 17 + b"]" * 17, 16)
+    assert not too_deep(b"[]" * 100_000, 16)
+    # An unterminated string full of escaped quotes: one pass, not one per quote.
+    hostile = b'{"a": "' + b'\\"' * 200_000
+    start = time.perf_counter()
+    assert not too_deep(hostile, 16) and scan_id(hostile, 128) is None
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(("payload", "request_id"), [
+    (b'{"id": "t1", "prompt": ', "t1"),  # truncated
+    (b'\xef\xbb\xbf{"id": "t2", "prompt": "x"}', "t2"),  # byte-order mark
+    (b'{"id": "t3", "prompt": "\xff\xfe"}', "t3"),  # invalid UTF-8 after the id
+    (b'{"id": "t4", "prompt": "\\ud800"}', "t4"),  # a lone surrogate escape
+    (b'{"request": {"id": "t5"}, "bin": ', "t5"),  # a bin message
+    (b'{"x": {"id": "nested"}, "y": ', None),  # not the request's id
+    (b'{"id": 5, "prompt": ', None),
+    (b'{"id": "a", "id": "b", "p": ', None),  # ambiguous
+    (b'{"id": "\\u0074\\u0036", "p": ', "t6"),  # escapes decoded
+])
+def test_an_id_is_recovered_from_bytes_that_do_not_decode(payload: bytes,
+                                                          request_id: str | None) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        decode_request(payload)
+    # msgspec reports a wrong type or an unknown field before the truncation it reaches.
+    assert caught.value.code in ("invalid_json", "invalid_request")
+    assert caught.value.request_id == request_id
+
+
+@pytest.mark.parametrize(("field", "code"), [
+    (b'"seed": 18446744073709551616', "out_of_range"),
+    (b'"seed": 9223372036854775808', "out_of_range"),
+    (b'"seed": -9223372036854775809', "out_of_range"),
+    (b'"top_k": 1180591620717411303424, "temperature": 0.7', "out_of_range"),
+    (b'"top_k": 2147483648', "out_of_range"),
+    (b'"max_tokens": 1180591620717411303424', "max_tokens_too_large"),
+    (b'"stop": [' + b",".join([b'"s"'] * 17) + b"]", "field_too_large"),
+    (b'"stop": ["' + b"s" * 257 + b'"]', "field_too_large"),
+    (b'"metadata": {' + b",".join(b'"k%d": "v"' % i for i in range(65)) + b"}",
+     "field_too_large"),
+    (b'"metadata": {"k": "' + b"v" * 4097 + b'"}', "field_too_large"),
+    (b'"metadata": {"' + b"k" * 257 + b'": "v"}', "field_too_large"),
+    (b'"metadata": {"k": {"nested": "v"}}', "invalid_request"),
+    (b'"metadata": {"k": "1", "k": "2"}', "invalid_request"),
+    (b'"prompt": "again"', "invalid_request"),  # duplicate key
+])
+def test_sizes_ranges_and_duplicate_keys_are_refused_with_a_code(field: bytes,
+                                                                code: str) -> None:
+    payload = b'{"id": "r", "prompt": "x", ' + field + b"}"
+    with pytest.raises(InvalidMessage) as caught:
+        decode_request(payload)
+    assert caught.value.code == code and caught.value.request_id == "r", str(caught.value)
+
+
+def test_the_largest_values_the_engine_holds_are_accepted() -> None:
+    request = decode_request(b'{"id": "r", "prompt_token_ids": [2147483647], '
+                             b'"seed": 9223372036854775807, "top_k": 2147483647, '
+                             b'"max_tokens": 2147483647, "temperature": 1.0, '
+                             b'"stop": ["' + b"s" * 256 + b'"]}')
+    assert request.seed == 2**63 - 1 and request.top_k == 2**31 - 1
+    assert decode_request(b'{"id": "r", "prompt": "x", "seed": -9223372036854775808}').seed \
+        == -(2**63)
+
+
+def test_a_bin_message_gets_the_same_checks() -> None:
+    request = Request(id="b", prompt_token_ids=[1, 2], max_tokens=4)
+    good = BinnedRequest(request=request, prompt_token_ids=[1, 2], predicted_tokens=4, bin=0,
+                         received=1, classified=2)
+    assert decode_binned(encode(good)) == good
+    for bad, code in [
+        (msgspec.structs.replace(good, prompt_token_ids=[1, 2**40]), "out_of_range"),
+        (msgspec.structs.replace(good, predicted_tokens=2**70), "out_of_range"),
+        (msgspec.structs.replace(good, request=msgspec.structs.replace(request, seed=2**64)),
+         "out_of_range"),
+    ]:
+        with pytest.raises(InvalidMessage) as caught:
+            decode_binned(encode(bad))
+        assert (caught.value.code, caught.value.request_id) == (code, "b")
+    with pytest.raises(InvalidMessage) as caught:
+        decode_binned(encode(good)[:-1] + b', "bin": 0}')
+    assert (caught.value.code, caught.value.request_id) == ("invalid_request", "b")
+
+
+def test_messages_are_size_checked_like_a_prompt() -> None:
+    turn = b'{"role": "user", "content": "x"}'
+    many = b'{"id": "m", "messages": [' + b", ".join([turn] * 1025) + b"]}"
+    long = b'{"id": "m", "messages": [{"role": "user", "content": "' + b"x" * (1 << 20) + b'y"}]}'
+    for raw in (many, long):
+        with pytest.raises(InvalidMessage) as caught:
+            decode_request(raw)
+        assert caught.value.code == "field_too_large" and caught.value.request_id == "m"

@@ -4,7 +4,7 @@ tests/integration/test_worker.py runs the same paths through the real broker and
 import asyncio
 
 from aiokafka import ConsumerRecord, TopicPartition
-from binbaton.schemas.codec import encode
+from binbaton.schemas.codec import decode_result, encode
 from binbaton.schemas.messages import BinnedRequest, Request
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.consumer import BinConsumer
@@ -174,6 +174,28 @@ async def test_redelivered_id_in_flight_shares_the_engine_request():
     assert consumer.commits == [{TP0: 2}]
 
 
+async def test_a_different_request_under_an_id_in_flight_gets_duplicate_id():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    other = encode(BinnedRequest(
+        request=Request(id="a", prompt_token_ids=[7, 8], max_tokens=2),
+        prompt_token_ids=[7, 8], predicted_tokens=2, bin=0, received=1, classified=2,
+    ))
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a"), record(TP0, 1, "a", other)]})
+    await settle()
+    assert engine.submitted == ["a"]  # the second never reaches the engine
+    sent = [(topic, decode_result(value) if topic == "p.results" else None)
+            for topic, value, _, _ in worker._producer.sent]
+    results = [result for topic, result in sent if result is not None]
+    assert [topic for topic, _ in sent] == ["p.dlq", "p.results"]
+    assert results[0].error is not None and results[0].error.code == "duplicate_id"
+    engine.finish("a")
+    await settle()
+    first = decode_result(worker._producer.sent[-1][1])
+    assert first.status == "ok" and first.token_ids == [4, 5]
+    await bin_consumer.commit()
+    assert consumer.commits == [{TP0: 2}]
+
+
 async def test_bad_payload_is_dead_lettered_with_error_result_and_committed():
     worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
     bad = record(TP0, 0, "x", value=b'{"request": {"id": "x"}, "bin": 0}')
@@ -181,8 +203,9 @@ async def test_bad_payload_is_dead_lettered_with_error_result_and_committed():
     worker._take(bin_consumer, {TP0: [bad, garbage]})
     await settle()
     topics = [(topic, key) for topic, _, key, _ in worker._producer.sent]
+    # The garbage's id comes from its message key.
     assert sorted(topics, key=str) == sorted(
-        [("p.dlq", b"x"), ("p.results", b"x"), ("p.dlq", None)], key=str)
+        [("p.dlq", b"x"), ("p.results", b"x"), ("p.dlq", b"y"), ("p.results", b"y")], key=str)
     await bin_consumer.commit()
     assert consumer.commits == [{TP0: 2}]
     assert engine.submitted == []

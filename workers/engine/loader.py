@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from binbaton.kernels.ops import KernelOps
+from binbaton.schemas.settings import UserError
 from binbaton.workers.engine.model import CausalLM, ModelShape, Rotary
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -50,7 +51,7 @@ class LoadedModel:
     shape: ModelShape
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError, ValueError):
     """The model cannot be loaded; the message names the problem and the fix, on one line."""
 
 

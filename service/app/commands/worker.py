@@ -41,11 +41,9 @@ def run(args: argparse.Namespace, values: Values) -> int:
     if port is not None:
         log.info("worker metrics on port %d", port)
     try:
-        try:
-            loaded = AsyncEngine(Engine(engine))  # the model loads before joining any group
-        except (ValueError, OSError) as exc:  # unsupported architecture, missing files, …
-            log.error("worker cannot load model %s: %s", engine.model, exc)
-            return 1
+        # The model loads before joining any group; one that cannot load raises
+        # ModelLoadError, which the dispatcher reports on one line.
+        loaded = AsyncEngine(Engine(engine))
         return run_until_signal(lambda stop, abort: serve(
             worker, loaded, kafka, stop, abort, telemetry=telemetry,
             metrics=metrics if port is not None else None))

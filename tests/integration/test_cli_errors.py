@@ -1,0 +1,138 @@
+"""Errors a person can act on: `binbaton` run as a subprocess ends with one line naming the
+problem and the fix, exit code 1 (2 for a bad setting), and no traceback unless
+--log-level DEBUG. All cases run side by side (each pays the interpreter's start)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from binbaton.service.kafka.broker import free_port
+
+BINBATON = str(Path(sys.executable).with_name("binbaton"))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: list[str]
+    code: int
+    fragments: tuple[str, ...]  # all in the one line
+    env: dict[str, str] = field(default_factory=dict)
+    within_s: float = 60.0
+    traceback: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    stderr: str
+    seconds: float
+
+
+def run(case: Case) -> Outcome:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINBATON_", "HF_"))}
+    env.update(case.env)
+    start = time.monotonic()
+    done = subprocess.run([BINBATON, *case.argv], capture_output=True, text=True, env=env,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    return Outcome(done.returncode, done.stderr, time.monotonic() - start)
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    """A port something that is not Kafka listens on (and never answers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def check(cases: list[Case]) -> None:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = dict(zip([c.name for c in cases], pool.map(run, cases), strict=True))
+    wrong = {}
+    for case in cases:
+        outcome = outcomes[case.name]
+        lines = [line for line in outcome.stderr.splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        ok = (outcome.code == case.code
+              and last.startswith(f"binbaton {case.argv[0]}: ")
+              and all(fragment in last for fragment in case.fragments)
+              and ("Traceback" in outcome.stderr) == case.traceback
+              and outcome.seconds < case.within_s)
+        if not ok:
+            wrong[case.name] = (outcome.code, round(outcome.seconds, 1), outcome.stderr[-600:])
+    assert wrong == {}
+
+
+def test_ports_brokers_and_settings(broker: str, listening: int) -> None:
+    """Commands that load no model: a few seconds each."""
+    broker_port = broker.rsplit(":", 1)[1]
+    nobody = str(free_port())
+    check([
+        Case("broker port in use by a broker", ["broker", "--broker-port", broker_port], 1,
+             (f"a Kafka broker already answers on {broker}", "--broker-port")),
+        Case("broker port in use", ["broker", "--broker-port", str(listening)], 1,
+             (f"port {listening} on 127.0.0.1 is in use", "give another --broker-port")),
+        Case("no broker at --bootstrap-servers",
+             ["results", "--bootstrap-servers", f"127.0.0.1:{nobody}"], 1,
+             (f"no Kafka broker answers at --bootstrap-servers 127.0.0.1:{nobody}",
+              "correct --bootstrap-servers"), within_s=15),
+        Case("not Kafka at --bootstrap-servers",
+             ["topics", "--bootstrap-servers", f"127.0.0.1:{listening}"], 1,
+             (f"no Kafka broker answers at --bootstrap-servers 127.0.0.1:{listening}",),
+             within_s=15),
+        Case("no embedded broker", ["produce", "--prompt", "hi", "--broker-port", nobody], 1,
+             (f"127.0.0.1:{nobody}, the embedded broker's address", "binbaton up"),
+             within_s=15),
+        Case("bad setting from the environment", ["topics"], 2,
+             ("BINBATON_PARTITIONS",), env={"BINBATON_PARTITIONS": "zero"}),
+        Case("--bins disagrees with --bin-edges",
+             ["topics", "--bins", "3", "--bin-edges", "64", "--bootstrap-servers", broker], 2,
+             ("--bins 3 disagrees with --bin-edges", "2 bins")),
+        Case("traceback at --log-level DEBUG",
+             ["topics", "--bootstrap-servers", f"127.0.0.1:{nobody}", "--log-level", "DEBUG"],
+             1, ("no Kafka broker answers",), traceback=True),
+    ])
+
+
+@pytest.mark.slow
+def test_models_that_cannot_load_and_a_metrics_port_in_use(
+    broker: str, tiny_llama_dir: Path, tmp_path: Path, listening: int
+) -> None:
+    """Commands that import torch and transformers (several seconds each on 2 cores)."""
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    nobody = str(free_port())
+    hf_home = str(tmp_path / "hf")
+    check([
+        Case("model path missing", ["predict", "--model", str(tmp_path / "nowhere")], 1,
+             ("model path", "does not exist", "give a checkpoint directory")),
+        Case("model directory empty", ["predict", "--model", str(empty)], 1,
+             ("is empty", "point the model at")),
+        Case("model missing under up", ["up", "--model", str(tmp_path / "nowhere"),
+                                        "--broker-port", nobody], 1,
+             ("model path", "does not exist")),
+        Case("--bins disagrees with --bin-edges under up",
+             ["up", "--bins", "3", "--bin-edges", "64", "--model", str(tiny_llama_dir)], 2,
+             ("--bins 3 disagrees with --bin-edges", "2 bins")),
+        Case("hub id, HF_HUB_OFFLINE", ["predict", "--model", "someone/no-such-model"], 1,
+             ("not in the Hugging Face cache", "HF_HUB_OFFLINE is set", "give a local"),
+             env={"HF_HUB_OFFLINE": "1", "HF_HOME": hf_home}),
+        Case("hub id, hub out of reach", ["predict", "--model", "someone/no-such-model"], 1,
+             ("http://127.0.0.1:1 cannot be reached", "give a local"),
+             env={"HF_ENDPOINT": "http://127.0.0.1:1", "HF_HOME": hf_home}, within_s=40),
+        Case("metrics port in use", ["classifier", "--model", str(tiny_llama_dir),
+                                     "--bootstrap-servers", broker, "--topic-prefix",
+                                     f"t.metrics.{nobody}", "--metrics-port", str(listening)],
+             1, (f"metrics port {listening}", "is in use", "--metrics-port")),
+    ])
