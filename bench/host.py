@@ -20,7 +20,9 @@ reported for each:
 - ``after-graphs``: this tree with the decode forward over the static buffers skipped, as
   one CUDA graph replay skips it on a GPU (the replay call's own cost is not counted).
 Not counted in any version: Triton's own launch (its compiled launcher) and waiting on
-host syncs; ``launches_per_step`` says how many launches each version makes.
+host syncs; ``launches_per_step`` says how many launches each version makes and
+``torch_ops_per_step`` how many torch ops that compute or copy (a kernel or a copy each on
+a GPU).
 """
 
 from __future__ import annotations
@@ -112,8 +114,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if not batches or min(batches) < 1 or args.steps < 1 or args.repeat < 1 or args.warmup < 0:
         raise ValueError("--batches, --steps, --repeat must be >= 1 and --warmup >= 0")
-    if 1 + args.warmup + args.steps >= MAX_TOKENS:
-        raise ValueError(f"--warmup + --steps must stay under {MAX_TOKENS - 1}")
+    if 2 + args.warmup + args.steps >= MAX_TOKENS:  # + prefill and the counted step
+        raise ValueError(f"--warmup + --steps must stay under {MAX_TOKENS - 2}")
     started = now_iso()
     with tempfile.TemporaryDirectory(prefix="binbaton-bench-host-") as tmp:
         work = Path(tmp)
@@ -161,7 +163,10 @@ def run(args: argparse.Namespace) -> BenchResult:
                           "decile over the steps), split into forward_cpu_ms_per_step (inside "
                           "the model's forward) and engine_cpu_ms_per_step (the rest); "
                           "launches_per_step: Triton launches a step makes (each a no-op "
-                          "here); graph_replays_per_step: decode forwards skipped as replays; "
+                          "here); torch_ops_per_step: aten ops a step dispatches that compute "
+                          "or copy (not views or allocations; each a kernel or a copy on a "
+                          "GPU), counted in one more untimed step; graph_replays_per_step: "
+                          "decode forwards skipped as replays; "
                           "output_tokens_per_s: decode tokens per wall second (batch / median "
                           "step); latency_ms: one decode step's wall time (p50, p99); ttft_ms "
                           "and requests_per_s not measured",
@@ -179,7 +184,8 @@ def _print_run(batch: int, version: str, m: dict[str, float]) -> None:
     print(f"batch {batch:4d} {version:12s} host (CPU) ms per decode step: "
           f"{m['cpu_ms_per_step']:7.3f}, of which the forward {m['forward_cpu_ms_per_step']:7.3f}"
           f" and the engine outside it {m['engine_cpu_ms_per_step']:6.3f}; "
-          f"launches {m['launches_per_step']:5.0f}; wall {m['wall_ms_per_step']:7.2f}",
+          f"launches {m['launches_per_step']:5.0f}, torch ops {m['torch_ops_per_step']:4.0f};"
+          f" wall {m['wall_ms_per_step']:7.2f}",
           flush=True)
 
 
@@ -236,7 +242,8 @@ def plot(result: BenchResult, path: Path) -> Path | None:
                label=f"{version}: engine outside the forward")
         for x, r in zip(xs, rows, strict=True):
             ax.text(x, r.extra["cpu_ms_per_step"], f"{r.extra['cpu_ms_per_step']:.2f}\n"
-                    f"{r.extra['launches_per_step']:.0f} launches", ha="center", va="bottom",
+                    f"{r.extra['launches_per_step']:.0f} launches\n"
+                    f"{r.extra['torch_ops_per_step']:.0f} torch ops", ha="center", va="bottom",
                     fontsize=7)
     ratios = result.notes["ratio_before_over_after"]
     ax.set_xticks(range(len(batches)), [

@@ -11,7 +11,9 @@ projections) run on tiny tensors, and no kernel computes anything: what a step c
 host time, engine bookkeeping plus op wrappers plus dispatch, as on a GPU where the host
 only queues work. Not counted: the launch inside Triton (the compiled launcher, ~11 us
 per kernel on a GPU host in issue 10's review) and a CUDA graph replay's own cost;
-``launches_per_step`` says how many launches a step makes.
+``launches_per_step`` says how many launches a step makes, ``torch_ops_per_step`` how
+many torch ops that compute or copy (each a kernel or a copy on a GPU; counted in one more,
+untimed step).
 
 Variants: ``eager``, every step's decode forward runs op by op (BEFORE has only this);
 ``replay``, the decode forward over the runner's static buffers (what a CUDA graph
@@ -31,6 +33,7 @@ import torch
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.engine import Engine
 from binbaton.workers.engine.request import GenerationRequest, SamplingParams
+from torch.utils._python_dispatch import TorchDispatchMode
 
 PROMPT_TOKENS = 16
 MAX_TOKENS = 512
@@ -111,6 +114,9 @@ def measure(checkpoint: str, batch: int, steps: int, warmup: int,
         cpu.append(time.process_time() - c0)
         forward.append(sum(forward_cpu_s))
         assert engine.last_step.decode_tokens == batch and engine.last_step.admitted == 0
+    launched, replayed = launches[0] - launches_before, replays[0] - replays_before
+    torch_ops = _count_torch_ops(engine)
+    assert engine.last_step.decode_tokens == batch and engine.last_step.admitted == 0
     return {
         "wall_ms_per_step": 1000 * statistics.median(wall),
         "wall_ms_p99": 1000 * sorted(wall)[min(len(wall) - 1, int(0.99 * len(wall)))],
@@ -119,9 +125,40 @@ def measure(checkpoint: str, batch: int, steps: int, warmup: int,
         "engine_cpu_ms_per_step": 1000 * _lower_decile(
             [c - f for c, f in zip(cpu, forward, strict=True)]
         ),
-        "launches_per_step": (launches[0] - launches_before) / steps,
-        "graph_replays_per_step": (replays[0] - replays_before) / steps,
+        "launches_per_step": launched / steps,
+        "graph_replays_per_step": replayed / steps,
+        "torch_ops_per_step": torch_ops,
     }
+
+
+READ_BACK = ("item", "_local_scalar_dense")  # a device value to the host: a copy and a sync
+
+
+class _TorchOps(TorchDispatchMode):
+    """Counts the aten ops dispatched that compute or copy: those returning a tensor that
+    is not a view or a fresh allocation, and reads back to the host. On a GPU each is a
+    kernel launch or a copy, beside the Triton launches (``promote_types`` and the like,
+    host-only, are not counted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        name = func.__name__.split(".")[0]
+        returns_tensor = any("Tensor" in str(r.type) for r in func._schema.returns)
+        if name in READ_BACK or (returns_tensor and not func.is_view
+                                 and not name.startswith("empty")):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_torch_ops(engine: Engine) -> int:
+    """Torch ops of one more decode step (untimed: the counting costs host time)."""
+    with _TorchOps() as counter:
+        engine.step()
+    return counter.count
 
 
 def _lower_decile(values: list[float]) -> float:

@@ -30,6 +30,9 @@ class KernelOps:
     rope_store_kv: Callable[..., None]
     # silu(x[:, :I]) * x[:, I:] of a fused gate_up projection [T, 2I] -> [T, I]
     silu_and_mul: Callable[..., torch.Tensor]
+    # rms_norm (out=, residual_out=) and silu_and_mul (out=) write into caller-provided
+    # outputs; the torch twins return fresh tensors (silu_and_mul would copy into out)
+    writes_out: bool = False
 
 
 TORCH_OPS = KernelOps(
@@ -63,6 +66,7 @@ def triton_ops() -> KernelOps:
         rms_norm=t.rms_norm,
         rope_store_kv=t.rope_store_kv,
         silu_and_mul=t.silu_and_mul,
+        writes_out=True,
     )
 
 

@@ -24,6 +24,8 @@ def test_bench_host_measures_the_base_commit_and_this_tree(tmp_path, capsys) -> 
     graphs = rows["after-graphs"]  # the decode forward skipped as a replay skips it
     assert graphs["launches_per_step"] == 0 and graphs["graph_replays_per_step"] == 1
     assert graphs["forward_cpu_ms_per_step"] == 0 < graphs["cpu_ms_per_step"]
+    # the skipped forward's projections are torch ops too: fewer without it, none are views
+    assert 0 < graphs["torch_ops_per_step"] < rows["after-eager"]["torch_ops_per_step"]
     assert data["notes"]["before"].startswith("HEAD (")
     ratios = data["notes"]["ratio_before_over_after"]["2"]
     assert set(ratios) == {"after-eager", "after-graphs"}

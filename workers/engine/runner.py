@@ -9,7 +9,8 @@ token, and are copied to fixed device buffers once per step (from pinned memory,
 waiting, on CUDA). A decode batch of n rows runs at the smallest bucket >= n; the rows past
 n are padding: length 1, block table and cache slot on the scratch block no sequence owns.
 The attention op gets the cache's per-sequence capacity as its max length and a split
-count fixed per bucket, so nothing about a launch depends on the batch's contents.
+count fixed per bucket, so nothing about a launch depends on the batch's contents. The
+forward's per-layer results go to static buffers too (``CausalLM.decode_outputs``).
 
 On CUDA (Triton kernels) each bucket's decode forward is captured once as a CUDA graph
 and replayed; on the CPU the same buffers run eagerly. Either way the step's one host
@@ -113,6 +114,8 @@ class ModelRunner:
         self._num_sampled_rows = 0  # live rows that are not greedy
         self._allocate_rows()
         self._decode_batches = {b: self._decode_batch(b) for b in self.buckets}
+        outputs = self.model.decode_outputs(config.max_batch)
+        self._decode_outputs = {b: outputs(b) for b in self.buckets}
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         if self._use_cuda_graphs():
             with self._on_device():
@@ -306,7 +309,8 @@ class ModelRunner:
         """The decode forward over the static buffers into ``self.logits`` (what a CUDA
         graph captures: no allocation outside its pool, no host sync)."""
         logits = self.model(self.token_ids.device[:bucket], self._decode_batches[bucket],
-                            self.cache.k, self.cache.v)  # [bucket, V]
+                            self.cache.k, self.cache.v,
+                            outputs=self._decode_outputs[bucket])  # [bucket, V]
         self.logits[:bucket].copy_(logits)
 
     # ---- the rows ---------------------------------------------------------------------
