@@ -21,3 +21,4 @@ class ErrorCode(StrEnum):
     TOKEN_OUT_OF_RANGE = "token_out_of_range"  # a prompt token id outside the vocabulary
     KV_BUDGET = "kv_budget"  # prompt + max_tokens exceed the worker's whole KV cache
     INTERNAL = "internal"  # a bug: the request is answered instead of stalling the rest
+    POISON = "poison"  # a worker died serving this message --max-attempts times: not retried

@@ -33,6 +33,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -58,6 +60,7 @@ from binbaton.service.telemetry.tracing import (
     mark_error,
     seconds_to_ns,
 )
+from binbaton.workers.attempts import AttemptJournal, EngineGate, MessageKey, default_state_dir
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.consumer import BinConsumer
 from binbaton.workers.engine.request import GenerationOutput, GenerationRequest
@@ -120,6 +123,10 @@ class Worker:
         self._by_id: dict[str, asyncio.Future[GenerationOutput]] = {}
         self._producer: AIOKafkaProducer | None = None
         self._consumers: list[BinConsumer] = []
+        self.journal = AttemptJournal(Path(config.state_dir) if config.state_dir
+                                      else default_state_dir())
+        self._gate = EngineGate()
+        self._journal_writer = ThreadPoolExecutor(1, thread_name_prefix="binbaton-attempts")
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
 
@@ -193,6 +200,7 @@ class Worker:
                 await self._producer.stop()
             self._producer = None
         await self.engine.stop(timeout=1.0)
+        self._journal_writer.shutdown(wait=False)
 
     async def _serve(self) -> None:
         loops = [asyncio.create_task(self._fetch_loop(c)) for c in self._consumers]
@@ -293,9 +301,10 @@ class Worker:
         span = self.telemetry.start_process(
             record, self.config.group_id(bin_consumer.bin), start_ns=seconds_to_ns(received),
             attributes={BIN: bin_consumer.bin})
+        key = MessageKey(record.topic, record.partition, record.offset)
         try:
             try:
-                acknowledged = await self._serve_record(bin_consumer, record, span, received)
+                acknowledged = await self._attempt(key, bin_consumer, record, span, received)
             except Exception as exc:  # a bug: answer the request instead of stalling commits
                 log.exception("serving %s[%d]@%d failed", record.topic, record.partition,
                               record.offset)
@@ -309,11 +318,33 @@ class Worker:
         finally:
             span.end()
             if acknowledged:
+                self.journal.clear(key)
                 bin_consumer.tracker.done(tp, record.offset)
                 self.served += 1
             self.in_flight -= 1
             self._set_depth(bin_consumer, -1)
             self._capacity_freed.set()
+
+    async def _attempt(self, key: MessageKey, bin_consumer: BinConsumer,
+                       record: ConsumerRecord, span: Span, received: float) -> bool:
+        """Serve the message unless workers died serving it ``max_attempts`` times (then
+        dead-letter it as ``poison``); after one such death it runs alone."""
+        prior = self.journal.attempts(key)
+        if prior >= self.config.max_attempts:
+            error = ErrorInfo(ErrorCode.POISON, (
+                f"a worker died {prior} times while serving this message "
+                f"(--max-attempts {self.config.max_attempts}); it is not tried again"))
+            request_id = record.key.decode(errors="replace") if record.key else None
+            return await self._reject(record, bin_consumer.bin, error,
+                                      request_id or recover_id(record.value or b""), span)
+        if prior:
+            log.warning("%s[%d]@%d was in flight when a worker died (%d times): running it "
+                        "alone", record.topic, record.partition, record.offset, prior)
+        async with self._gate.enter(alone=prior > 0):
+            # One writer thread: messages enter the engine in the order they were taken.
+            await asyncio.get_running_loop().run_in_executor(self._journal_writer,
+                                                             self.journal.begin, key)
+            return await self._serve_record(bin_consumer, record, span, received)
 
     async def _serve_record(self, bin_consumer: BinConsumer, record: ConsumerRecord,
                             span: Span, received: float) -> bool:

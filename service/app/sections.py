@@ -76,6 +76,7 @@ LOG = Section(LogConfig)
 WORKER_PROCESS = (KAFKA, BROKER, TOPICS.part("prefix", "partitions"), ENGINE, WORKER, TRACING,
                   METRICS, LOG)  # `binbaton worker`
 SERVICE = (KAFKA, BROKER, TOPICS, CLASSIFIER, ENGINE,
-           WORKER.part("worker_id", "max_in_flight", "drain_timeout_s", "commit_interval_s"),
+           WORKER.part("worker_id", "max_in_flight", "drain_timeout_s", "commit_interval_s",
+                       "state_dir", "max_attempts"),
            TRACING, METRICS, LOG)  # `binbaton up` and `binbaton demo`, with the supervisor's
 CLIENT = (BOOTSTRAP, BROKER, TOPICS.part("prefix"), TRACING, LOG)  # produce, results

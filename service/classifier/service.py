@@ -240,7 +240,13 @@ class Classifier:
         acks: list[asyncio.Future[Any]] = []
         requests: list[tuple[ConsumerRecord, Request]] = []
         for record in records:
-            request = await self._decode(record, received, acks)
+            try:
+                request = await self._decode(record, received, acks)
+            except KafkaError:
+                raise
+            except Exception as exc:  # a bug on one message: answer it, keep routing
+                await self._reject_internal(record, exc, received, acks)
+                continue
             if request is not None:
                 requests.append((record, request))
         timer = StageTimer()
@@ -252,11 +258,26 @@ class Classifier:
                 self.telemetry.annotate(span, request)
                 self.telemetry.record_stages(span, timer, request.id)
         for (record, request), outcome in zip(requests, outcomes, strict=True):
-            if isinstance(outcome, Decision):
-                acks.append(await self._send_binned(record, outcome, received, classified))
-            else:
-                await self._reject(record, outcome, received, acks, request)
+            try:
+                if isinstance(outcome, Decision):
+                    acks.append(await self._send_binned(record, outcome, received, classified))
+                else:
+                    await self._reject(record, outcome, received, acks, request)
+            except KafkaError:
+                raise
+            except Exception as exc:
+                await self._reject_internal(record, exc, received, acks, request.id)
         return acks
+
+    async def _reject_internal(self, record: ConsumerRecord, exc: Exception, received: int,
+                               acks: list[asyncio.Future[Any]],
+                               request_id: str | None = None) -> None:
+        log.exception("classifying %s[%d]@%d failed", record.topic, record.partition,
+                      record.offset)
+        problem = InvalidMessage(ErrorCode.INTERNAL,
+                                 f"the classifier failed on this message: {exc!r}",
+                                 request_id or _key_id(record))
+        await self._reject(record, problem, received, acks)
 
     async def _decode(
         self, record: ConsumerRecord, received: int, acks: list[asyncio.Future[Any]]

@@ -330,3 +330,49 @@ async def test_a_predictor_bug_dead_letters_only_its_request(
     await asyncio.wait_for(task, 30)
     assert results["bomb"].error is not None and results["bomb"].error.code == "internal"
     assert sorted(key for key, _, _ in routed) == [b"fine-1", b"fine-2"]
+
+
+async def test_any_exception_on_one_message_dead_letters_only_that_message(
+    broker: str, unique_prefix: str, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in decoding (not an InvalidMessage) or in sending one decision is an
+    ``internal`` error for that message; the classifier routes the rest."""
+    from binbaton.service.classifier import service
+
+    real_decode, real_send = service.decode_request, Classifier._send_binned
+
+    def decode(raw: bytes) -> Request:
+        if b"kaboom" in raw:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real_decode(raw)
+
+    async def send_binned(self, record, decision, received, classified):
+        if decision.request.id == "send-bug":
+            raise ValueError("cannot encode")
+        return await real_send(self, record, decision, received, classified)
+
+    monkeypatch.setattr(service, "decode_request", decode)
+    monkeypatch.setattr(Classifier, "_send_binned", send_binned)
+    kafka = kafka_config(broker)
+    topics = TopicsConfig(prefix=unique_prefix, num_bins=1)
+    await create_service_topics(broker, topics)
+    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(), predictor="max_tokens")
+    stop, started = asyncio.Event(), asyncio.Event()
+    classifier = Classifier(kafka, topics, config, Router.from_config(config))
+    task = asyncio.create_task(classifier.run(stop, started))
+    await asyncio.wait_for(started.wait(), 30)
+    requests = [Request(id=i, prompt=p, max_tokens=4) for i, p in
+                [("fine-1", "hello"), ("decode-bug", "kaboom"), ("send-bug", "x"),
+                 ("fine-2", "hi")]]
+    async with ResultFollower(kafka, topics.results) as follower:
+        await send(kafka, topics.requests, [(r.id.encode(), encode(r)) for r in requests])
+        results = await follower.collect(["decode-bug", "send-bug"], timeout=30)
+        routed = await read_all(kafka, topics.bin(0), 2, 2, timeout=20)
+        letters = await read_all(kafka, topics.dlq, 1, 2, timeout=20)
+    assert not task.done(), "the classifier stopped"
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    for rid in ("decode-bug", "send-bug"):
+        assert results[rid].error is not None and results[rid].error.code == "internal", rid
+    assert sorted(key for key, _, _ in letters) == [b"decode-bug", b"send-bug"]
+    assert sorted(key for key, _, _ in routed) == [b"fine-1", b"fine-2"]

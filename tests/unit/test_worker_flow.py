@@ -2,10 +2,12 @@
 tests/integration/test_worker.py runs the same paths through the real broker and engine)."""
 
 import asyncio
+import tempfile
 
 from aiokafka import ConsumerRecord, TopicPartition
-from binbaton.schemas.codec import encode
+from binbaton.schemas.codec import decode_dead_letter, decode_result, encode
 from binbaton.schemas.messages import BinnedRequest, Request
+from binbaton.workers.attempts import MessageKey
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.consumer import BinConsumer
 from binbaton.workers.engine.request import GenerationOutput
@@ -53,8 +55,9 @@ def record(
 
 def make_worker(max_in_flight: int, assigned=(TP0, TP1)):
     engine = ManualEngine()
-    worker = Worker(WorkerConfig(bins=(0,), topic_prefix="p", max_in_flight=max_in_flight),
-                    kafka=None, engine=engine)
+    config = WorkerConfig(bins=(0,), topic_prefix="p", max_in_flight=max_in_flight,
+                          state_dir=tempfile.mkdtemp(prefix="attempts-"))
+    worker = Worker(config, kafka=None, engine=engine)
     consumer = FakeConsumer(set(assigned))
     bin_consumer = BinConsumer(worker, 0, consumer)
     worker._producer = FakeProducer()
@@ -63,8 +66,8 @@ def make_worker(max_in_flight: int, assigned=(TP0, TP1)):
 
 
 async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+    for _ in range(5):  # the attempt records are written in a thread
+        await asyncio.sleep(0.01)
 
 
 async def test_take_stops_at_the_bound_and_seeks_back():
@@ -238,3 +241,47 @@ async def test_second_signal_skips_the_drain():
     await worker._drain()  # drain_timeout_s is 30 s
     assert asyncio.get_running_loop().time() - started < 1.0
     assert consumer.commits == [{TP0: 0}]
+
+
+# ---- messages in flight when a worker died -------------------------------------------
+
+
+async def test_a_message_its_workers_died_on_max_attempts_times_is_dead_lettered_as_poison():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    for _ in range(3):  # three earlier workers took it into their engine, then died
+        worker.journal.begin(MessageKey(TP0.topic, 0, 0))
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "p"), record(TP0, 1, "ok")]})
+    await settle()
+    assert engine.submitted == ["ok"]  # the poison never runs again
+    letters = [decode_dead_letter(v) for t, v, _, _ in worker._producer.sent if t == "p.dlq"]
+    results = [decode_result(v) for t, v, _, _ in worker._producer.sent if t == "p.results"]
+    assert [(d.key, d.error.code) for d in letters] == [("p", "poison")]
+    assert [(r.id, r.error.code) for r in results] == [("p", "poison")]
+    assert worker.journal.attempts(MessageKey(TP0.topic, 0, 0)) == 0  # answered: forgotten
+    engine.finish("ok")
+    await settle()
+    await bin_consumer.commit()
+    assert consumer.commits == [{TP0: 2}]
+
+
+async def test_a_message_in_flight_at_a_death_runs_alone_and_counts_each_attempt():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    suspect = MessageKey(TP0.topic, 0, 1)
+    worker.journal.begin(suspect)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a"), record(TP0, 1, "s"),
+                                      record(TP0, 2, "b")]})
+    await settle()
+    assert engine.submitted == ["a"]  # "s" waits for the engine to empty; "b" waits for "s"
+    assert worker.journal.attempts(MessageKey(TP0.topic, 0, 0)) == 1
+    engine.finish("a")
+    await settle()
+    assert engine.submitted == ["a", "s"]
+    assert worker.journal.attempts(suspect) == 2  # counted before it entered the engine
+    engine.finish("s")
+    await settle()
+    assert engine.submitted == ["a", "s", "b"]
+    assert worker.journal.attempts(suspect) == 0
+    engine.finish("b")
+    await settle()
+    await bin_consumer.commit()
+    assert consumer.commits == [{TP0: 3}]
