@@ -7,6 +7,12 @@ worker printed its ready line, print exactly one line ``ready bootstrap=HOST:POR
 A worker that dies is restarted. Stop (``stop``, the first SIGINT/SIGTERM): workers drain
 (SIGTERM), the classifier finishes its batch, then the broker stops, in the mirror order of
 the start; ``abort`` (a second signal) passes a second SIGTERM on, so workers skip the drain.
+
+Supervision both ways: the broker and the workers die with `up` however it dies (the
+parent-death signal armed in each child before it execs, and the workers' ``--parent-pid``
+watchdog); `up` refuses to start an embedded broker where one already answers or the port
+is taken; and when its embedded broker dies (memory-only: every topic is gone) `up` kills
+the workers and exits non-zero, saying so.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -32,7 +41,13 @@ from binbaton.service.app.configs import (
 from binbaton.service.app.flags import Values, merge, to_argv
 from binbaton.service.app.sections import METRICS, TRACING, WORKER_PROCESS
 from binbaton.service.classifier.service import run_classifier
-from binbaton.service.kafka.broker import EmbeddedBroker
+from binbaton.service.kafka.broker import (
+    DEFAULT_HOST,
+    BrokerError,
+    EmbeddedBroker,
+    answers_metadata,
+    die_with_parent,
+)
 from binbaton.service.kafka.topics import create_service_topics
 
 log = logging.getLogger("binbaton.up")
@@ -41,7 +56,8 @@ WORKER_READY_PREFIX = "worker ready"
 WORKER_START_TIMEOUT_S = 900.0  # loading a large model on a cold GPU takes a while
 RESTART_DELAY_S = 1.0
 CLI_MODULE = "binbaton.service.app.cli"  # `python -m` this: the `binbaton` command
-SET_PER_WORKER = ("bins", "bootstrap-servers", "broker-port")  # worker_argv gives them
+SET_PER_WORKER = ("bins", "bootstrap-servers", "broker-port", "parent-pid")  # worker_argv's
+CLASSIFIER_STOP_TIMEOUT_S = 5.0  # after the broker died: nothing left to finish
 
 
 @dataclass(frozen=True)
@@ -86,6 +102,7 @@ class WorkerProcess:
             *self.argv, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
             env=self.env,
             start_new_session=True,  # a terminal's Ctrl-C reaches `up` only; `up` stops us
+            preexec_fn=die_with_parent(),  # and our death, however it comes, kills it
         )
         self._pump = asyncio.create_task(self._read_stdout(), name=f"{self.name}-stdout")
 
@@ -121,6 +138,10 @@ class WorkerProcess:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._pump, 5)
 
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self._signal(signal.SIGKILL)
+
     def _signal(self, signum: int) -> None:
         assert self.process is not None
         with contextlib.suppress(ProcessLookupError):
@@ -145,7 +166,7 @@ def worker_argv(values: Mapping[str, Any], bootstrap: str, bins: Sequence[int], 
     flags = [f for f in merge(WORKER_PROCESS) if f.name not in SET_PER_WORKER]
     return [sys.executable, "-m", CLI_MODULE, "worker",
             "--bootstrap-servers", bootstrap, "--bins", ",".join(map(str, bins)),
-            *to_argv(passed, flags)]
+            "--parent-pid", str(os.getpid()), *to_argv(passed, flags)]
 
 
 def worker_env(num_workers: int, device: str) -> dict[str, str]:
@@ -171,10 +192,22 @@ async def up(
     classifier = classifier_config(values)
     devices = worker_devices(values["device"], values["workers"])
     broker: EmbeddedBroker | None = None
+    state_dir: str | None = None
     if uses_embedded_broker(values):
-        broker = EmbeddedBroker(port=values["broker_port"])
-        await asyncio.to_thread(broker.start)
+        broker = EmbeddedBroker(port=values["broker_port"], die_with_parent=True)
+        problem = broker_port_problem(broker.host, broker.port)
+        if problem is None:
+            try:
+                broker.start()  # from the loop's thread: the parent-death signal follows it
+            except BrokerError as exc:
+                problem = str(exc)
+        if problem is not None:
+            print(f"binbaton up: {problem}", file=sys.stderr, flush=True)
+            return 1
         bootstrap = broker.bootstrap_servers
+        if values.get("state_dir") is None:  # the broker's offsets die with it: so do these
+            state_dir = tempfile.mkdtemp(prefix="binbaton-up-")
+            values = values.with_(state_dir=state_dir)
     else:
         bootstrap = values["bootstrap_servers"]
     kafka = kafka_config(values.with_(bootstrap_servers=bootstrap),
@@ -195,21 +228,53 @@ async def up(
                            TRACING.build(values), METRICS.build(values)))
         for worker in workers:
             await worker.start()
-        if not await _wait_ready(workers, classifier_task, classifier_started, stop):
+        if not await _wait_ready(workers, classifier_task, classifier_started, stop, broker):
             return 0 if stop.is_set() else 1
         print(f"ready bootstrap={bootstrap}", file=out, flush=True)
         if on_ready is not None:
             on_ready(bootstrap)
-        return await _supervise(workers, classifier_task, stop)
+        return await _supervise(workers, classifier_task, stop, broker)
     finally:
+        broker_gone = broker is not None and not broker.is_running()
+        if broker_gone:  # nothing to drain into, nothing to commit to
+            for worker in workers:
+                worker.kill()
         drain = values["drain_timeout"]
         await asyncio.gather(*(w.stop(drain + 10, abort) for w in workers))
         classifier_stop.set()
         if classifier_task is not None:
             with contextlib.suppress(Exception):
-                await classifier_task
+                await asyncio.wait_for(classifier_task,
+                                       CLASSIFIER_STOP_TIMEOUT_S if broker_gone else None)
         if broker is not None:
             await asyncio.to_thread(broker.stop)
+        if state_dir is not None:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def broker_port_problem(host: str, port: int) -> str | None:
+    """Why an embedded broker cannot start on host:port, in one line; None if it can."""
+    if answers_metadata(host, port):
+        return (f"a Kafka broker already answers on {host}:{port} (another `binbaton up`?): "
+                f"stop it, or use it with --bootstrap-servers {host}:{port}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host or DEFAULT_HOST, port))
+        except OSError as exc:
+            return (f"port {port} on {host} is taken ({exc.strerror}): stop what listens "
+                    "there, or pick another with --broker-port")
+    return None
+
+
+def _broker_died(broker: EmbeddedBroker | None) -> bool:
+    if broker is None or broker.is_running():
+        return False
+    message = (f"the embedded broker exited (code {broker.returncode}); its topics and "
+               "offsets were in memory and are gone: stopping")
+    log.error(message)
+    print(f"binbaton up: {message}", file=sys.stderr, flush=True)
+    return True
 
 
 async def _wait_ready(
@@ -217,11 +282,14 @@ async def _wait_ready(
     classifier: asyncio.Task[Any],
     classifier_started: asyncio.Event,
     stop: asyncio.Event,
+    broker: EmbeddedBroker | None,
 ) -> bool:
     """True once the classifier is connected and every worker is ready."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WORKER_START_TIMEOUT_S
     while not stop.is_set():
+        if _broker_died(broker):
+            return False
         if classifier.done():
             classifier.result()  # raises the classifier's error
             return False
@@ -243,10 +311,14 @@ async def _wait_ready(
 
 
 async def _supervise(
-    workers: list[WorkerProcess], classifier: asyncio.Task[Any], stop: asyncio.Event
+    workers: list[WorkerProcess], classifier: asyncio.Task[Any], stop: asyncio.Event,
+    broker: EmbeddedBroker | None,
 ) -> int:
-    """Until ``stop``: restart workers that exit; a failed classifier ends the service."""
+    """Until ``stop``: restart workers that exit; a failed classifier or a dead embedded
+    broker ends the service."""
     while not stop.is_set():
+        if _broker_died(broker):
+            return 1
         if classifier.done():
             classifier.result()
             return 1

@@ -53,8 +53,10 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         probe = next((s for s in self.waiting if s.suspect), None)
+        grown: list[Sequence] = []
+        preempted = 0
         if probe is not None and not self.running:
-            grown, preempted, newcomers = [], 0, self._admit_probe(probe)
+            newcomers = self._admit_probe(probe)
         else:
             grown, preempted = self._grow()
             admit = self.waiting and not preempted and probe is None
