@@ -66,6 +66,19 @@ class AttemptJournal:
             os.close(fd)
         return count
 
+    def undo(self, key: MessageKey) -> None:
+        """The attempt was stopped on purpose (aborted), not ended by a death."""
+        count = self.attempts(key) - 1
+        if count <= 0:
+            self.clear(key)
+            return
+        fd = os.open(self.directory / key.file_name, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, str(count).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def clear(self, key: MessageKey) -> None:
         """Its result (or dead letter) is acknowledged: no more attempts to count."""
         with contextlib.suppress(FileNotFoundError):

@@ -24,6 +24,7 @@ class ManualEngine:
     def __init__(self) -> None:
         self.futures: dict[str, asyncio.Future[GenerationOutput]] = {}
         self.submitted: list[str] = []
+        self.aborted: list[str] = []
 
     async def start(self) -> None: ...
 
@@ -34,6 +35,14 @@ class ManualEngine:
         future = asyncio.get_running_loop().create_future()
         self.futures[request.id] = future
         return future
+
+    def abort(self, request_id: str) -> bool:
+        future = self.futures.get(request_id)
+        if future is None or future.done():
+            return False
+        future.cancel()
+        self.aborted.append(request_id)
+        return True
 
     def finish(self, request_id: str) -> None:
         self.futures[request_id].set_result(GenerationOutput(
@@ -144,11 +153,33 @@ async def test_revoke_commits_acknowledged_then_forgets_partitions():
     await bin_consumer.on_partitions_revoked({TP0})
     assert consumer.commits == [{TP0: 1}]
     assert bin_consumer.tracker.partitions == {TP1}
-    engine.finish("b")  # finishes after the revoke: published, never committed by us
+    # "b" was still decoding: dropped at once (the new owner answers it), and aborted in
+    # the engine once the assignment shows TP0 went elsewhere.
+    assert worker.in_flight == 1 and engine.aborted == []
+    await bin_consumer.on_partitions_assigned({TP1})
+    assert engine.aborted == ["b"] and worker.aborted == 1
     await settle()
+    assert [key for _, _, key, _ in worker._producer.sent] == [b"a"]  # nothing for "b"
     await bin_consumer.commit()
     assert consumer.commits[-1] == {TP1: 0}
     assert worker.in_flight == 1
+
+
+async def test_a_request_of_a_partition_assigned_back_is_not_aborted_but_shared():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a")]})
+    await settle()
+    await bin_consumer.on_partitions_revoked({TP0, TP1})
+    await bin_consumer.on_partitions_assigned({TP0})  # back to us: redelivered from 0
+    assert engine.aborted == [] and worker.in_flight == 0
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a")]})
+    await settle()
+    assert engine.submitted == ["a"]  # the redelivered message shares the engine request
+    engine.finish("a")
+    await settle()
+    assert [key for _, _, key, _ in worker._producer.sent] == [b"a"]  # one result
+    await bin_consumer.commit()
+    assert consumer.commits[-1] == {TP0: 1}
 
 
 async def test_failed_commit_is_retried_next_time():
@@ -230,6 +261,8 @@ async def test_drain_timeout_leaves_unfinished_uncommitted():
     assert asyncio.get_running_loop().time() - started < 1.0
     assert consumer.commits == [{TP0: 0}]  # "a" never finished: redelivered to the next owner
     assert worker.in_flight == 0  # its task was cancelled
+    assert engine.aborted == ["a"]  # and its request aborted in the engine
+    assert worker.journal.attempts(MessageKey(TP0.topic, 0, 0)) == 0  # not a crash
 
 
 async def test_second_signal_skips_the_drain():
