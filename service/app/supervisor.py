@@ -2,8 +2,9 @@
 
 Start: embedded broker (unless bootstrap servers are given) → topics → classifier (in
 this process) → worker processes (``binbaton worker --bins …``; one per CUDA device, or
-``--workers N`` on the CPU; bins split round-robin). Once every topic exists and every
-worker printed its ready line, print exactly one line ``ready bootstrap=HOST:PORT``.
+``--workers N`` on the CPU; each serves every bin, sharing each bin's partitions). Once
+every topic exists and every worker printed its ready line, print exactly one line
+``ready bootstrap=HOST:PORT``.
 A worker that dies is restarted. Stop (``stop``, the first SIGINT/SIGTERM): workers drain
 (SIGTERM), the classifier finishes its batch, then the broker stops, in the mirror order of
 the start; ``abort`` (a second signal) passes a second SIGTERM on, so workers skip the drain.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -48,7 +50,7 @@ from binbaton.service.kafka.broker import (
     answers_metadata,
     die_with_parent,
 )
-from binbaton.service.kafka.topics import create_service_topics
+from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
 
 log = logging.getLogger("binbaton.up")
 
@@ -67,10 +69,22 @@ class SupervisorConfig:
 
 
 def split_bins(num_bins: int, num_workers: int) -> list[tuple[int, ...]]:
-    """Bins per worker, round-robin; with more workers than bins, bins are shared."""
-    if num_workers <= num_bins:
-        return [tuple(range(w, num_bins, num_workers)) for w in range(num_workers)]
-    return [(w % num_bins,) for w in range(num_workers)]
+    """Bins per worker: every worker serves every bin. Each bin's consumer group spreads
+    that bin's partitions over the workers, so a burst in one bin keeps every worker busy
+    (and when a worker dies, its partitions go to the others)."""
+    return [tuple(range(num_bins))] * num_workers
+
+
+def spread_topics(topics: TopicsConfig, num_workers: int, fresh: bool) -> TopicsConfig:
+    """At least one partition of every bin per worker, on a ``fresh`` (embedded) broker;
+    topics that already exist keep theirs (then at most that many workers share a bin)."""
+    if not fresh or topics.bin_partitions >= num_workers:
+        if topics.bin_partitions < num_workers:
+            log.warning("bin topics have %d partitions for %d workers: some workers will "
+                        "idle in each bin (raise --partitions)", topics.bin_partitions,
+                        num_workers)
+        return topics
+    return dataclasses.replace(topics, bin_partitions=num_workers)
 
 
 def worker_devices(device: str, workers: int | None) -> list[str]:
@@ -210,6 +224,7 @@ async def up(
             values = values.with_(state_dir=state_dir)
     else:
         bootstrap = values["bootstrap_servers"]
+    topics = spread_topics(topics, len(devices), fresh=broker is not None)
     kafka = kafka_config(values.with_(bootstrap_servers=bootstrap),
                          client_id="binbaton-classifier")
     workers = [
