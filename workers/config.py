@@ -54,12 +54,12 @@ class WorkerConfig:
         flag="commit-interval", parse=positive_float))
 
     state_dir: str | None = field(default=None, metadata=setting(
-        "directory of the per-message attempt records that stop a message which kills the "
-        "worker from being retried forever (default: $XDG_STATE_HOME/binbaton, else "
-        "~/.local/state/binbaton)"))
+        "directory of the per-message attempt records that stop a message which kills its "
+        "process (worker, classifier) from being retried forever (default: "
+        "$XDG_STATE_HOME/binbaton, else ~/.local/state/binbaton)"))
     max_attempts: int = field(default=3, metadata=setting(
-        "deliveries of a message during which its worker died, after which it is "
-        "dead-lettered with code `poison`", parse=positive_int))
+        "deliveries of a message during which the process serving it died, after which it "
+        "is dead-lettered with code `poison`", parse=positive_int))
 
     def __post_init__(self) -> None:
         bins = tuple(self.bins)

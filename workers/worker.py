@@ -22,9 +22,10 @@ dropped (no result, no commit); its engine request is aborted once the assignmen
 the partition went to another worker, and shared by the redelivered message when it came
 back to us (``revoke``, ``assigned``).
 
-Poison pills (``workers/attempts.py``): an engine error on one request is that request's
-``internal`` error; a message in flight when a worker died runs alone next time, and after
-``max_attempts`` such deaths it is dead-lettered as ``poison``.
+Poison pills (``service/kafka/attempts.py``, ``workers/attempts.py``): an engine error on
+one request is that request's ``internal`` error; a message in flight when a worker died
+runs alone next time, and after ``max_attempts`` such deaths it is dead-lettered as
+``poison``.
 
 Observability (optional ``Telemetry`` and ``Metrics``): each record gets a
 ``process binbaton.bin.<i>`` span (from the moment it was taken until its result is
@@ -62,6 +63,7 @@ from binbaton.schemas.codec import (
 )
 from binbaton.schemas.errors import ErrorCode
 from binbaton.schemas.messages import BinnedRequest, DeadLetter, ErrorInfo, Result, Timings
+from binbaton.service.kafka.attempts import AttemptJournal, MessageKey, default_state_dir
 from binbaton.service.kafka.config import KafkaConfig
 from binbaton.service.telemetry.metrics import Metrics
 from binbaton.service.telemetry.tracing import (
@@ -72,7 +74,7 @@ from binbaton.service.telemetry.tracing import (
     mark_error,
     seconds_to_ns,
 )
-from binbaton.workers.attempts import AttemptJournal, EngineGate, MessageKey, default_state_dir
+from binbaton.workers.attempts import EngineGate
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.consumer import BinConsumer
 from binbaton.workers.engine.request import GenerationOutput, GenerationRequest

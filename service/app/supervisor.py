@@ -203,7 +203,7 @@ async def up(
     ``on_ready(bootstrap)`` is called right after the ready line is printed."""
     abort = abort or asyncio.Event()
     topics = topics_config(values)
-    classifier = classifier_config(values)
+    classifier_config(values)  # a bad setting fails before anything starts
     devices = worker_devices(values["device"], values["workers"])
     broker: EmbeddedBroker | None = None
     state_dir: str | None = None
@@ -225,6 +225,7 @@ async def up(
     else:
         bootstrap = values["bootstrap_servers"]
     topics = spread_topics(topics, len(devices), fresh=broker is not None)
+    classifier = classifier_config(values)  # with the state directory
     kafka = kafka_config(values.with_(bootstrap_servers=bootstrap),
                          client_id="binbaton-classifier")
     workers = [

@@ -395,3 +395,42 @@ async def test_any_exception_on_one_message_dead_letters_only_that_message(
         assert results[rid].error is not None and results[rid].error.code == "internal", rid
     assert sorted(key for key, _, _ in letters) == [b"decode-bug", b"send-bug"]
     assert sorted(key for key, _, _ in routed) == [b"fine-1", b"fine-2"]
+
+
+async def test_a_message_the_classifier_died_on_is_routed_alone_then_dead_lettered_as_poison(
+    broker: str, unique_prefix: str, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """Attempt records left by classifiers that died (written here as a dead one would have)
+    are read by the next: one death, the message is routed alone; --max-attempts deaths, it
+    is dead-lettered as ``poison`` and never routed."""
+    from binbaton.service.kafka.attempts import AttemptJournal, MessageKey
+
+    kafka = kafka_config(broker)
+    topics = TopicsConfig(prefix=unique_prefix, num_bins=1)
+    await create_service_topics(broker, topics)
+    requests = [Request(id=f"c{i}", prompt=f"hello {i}", max_tokens=4) for i in range(4)]
+    await send(kafka, topics.requests, [(r.id.encode(), encode(r)) for r in requests])
+    placed = await read_records(broker, topics.requests, topics.requests_partitions,
+                                lambda records: len(records) >= 4, 20)
+    keys = {r.key.decode(): MessageKey(r.topic, r.partition, r.offset) for r in placed}
+    journal = AttemptJournal(tmp_path)
+    for _ in range(3):
+        journal.begin(keys["c1"])  # three classifiers died routing it
+    journal.begin(keys["c2"])  # one did
+    config = ClassifierConfig(model=str(tiny_llama_dir), bin_edges=(), predictor="max_tokens",
+                              state_dir=str(tmp_path), max_attempts=3)
+    stop, started = asyncio.Event(), asyncio.Event()
+    classifier = Classifier(kafka, topics, config)
+    task = asyncio.create_task(classifier.run(stop, started))
+    async with ResultFollower(kafka, topics.results) as follower:
+        results = await follower.collect(["c1"], timeout=30)
+        routed = await read_all(kafka, topics.bin(0), 2, 3, timeout=20)
+        letters = await read_all(kafka, topics.dlq, 1, 1, timeout=20)
+    assert not task.done(), "the classifier stopped"
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    assert results["c1"].error is not None and results["c1"].error.code == "poison"
+    assert [(key, decode_dead_letter(value).error.code) for key, value, _ in letters] == [
+        (b"c1", "poison")]
+    assert sorted(key for key, _, _ in routed) == [b"c0", b"c2", b"c3"]
+    assert all(journal.attempts(key) == 0 for key in keys.values())  # answered: forgotten

@@ -7,7 +7,7 @@ import tempfile
 from aiokafka import ConsumerRecord, TopicPartition
 from binbaton.schemas.codec import decode_dead_letter, decode_result, encode
 from binbaton.schemas.messages import BinnedRequest, Request
-from binbaton.workers.attempts import MessageKey
+from binbaton.service.kafka.attempts import MessageKey
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.consumer import BinConsumer
 from binbaton.workers.engine.request import GenerationOutput
