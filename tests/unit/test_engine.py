@@ -403,3 +403,13 @@ def test_a_forward_that_raises_alone_fails_that_request(tiny_llama_dir):
     assert engine.cache.allocator.num_free == engine.cache.num_blocks
     [ok] = engine.generate([make_request("next", prompt_len=3, start=20, max_tokens=4)])
     assert ok.error is None and len(ok.token_ids) > 0  # the engine serves on
+
+
+def test_a_request_the_engine_cannot_take_is_an_internal_error(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir)
+    odd = GenerationRequest(id="odd", prompt_token_ids=(5, "x", 7),  # type: ignore[arg-type]
+                            sampling=SamplingParams(max_tokens=3))
+    fine = make_request("fine", max_tokens=3)
+    by_id = {o.id: o for o in engine.generate([odd, fine])}
+    assert by_id["odd"].error is not None and by_id["odd"].error.code == "internal"
+    assert by_id["fine"].ok and by_id["fine"].token_ids

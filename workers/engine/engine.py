@@ -70,16 +70,21 @@ class Engine:
 
     def add(self, request: GenerationRequest) -> None:
         """Queue a request; an unservable one comes out of the next step() as an error."""
-        problem = self._check(request)
+        try:
+            problem = self._check(request)
+            if problem is None:
+                seed = request.sampling.seed
+                sequence = Sequence(
+                    request=request,
+                    token_ids=list(request.prompt_token_ids),
+                    sampling_key=seed_key(self._seeds.getrandbits(64) if seed is None else seed),
+                )
+        except Exception as exc:  # a value nothing above foresaw: this request's error only
+            problem = ErrorCode.INTERNAL, f"the engine cannot take this request: {exc!r}"
         if problem is not None:
             self._rejected.append(error_output(request, *problem))
             return
-        seed = request.sampling.seed
-        self.scheduler.add(Sequence(
-            request=request,
-            token_ids=list(request.prompt_token_ids),
-            sampling_key=seed_key(self._seeds.getrandbits(64) if seed is None else seed),
-        ))
+        self.scheduler.add(sequence)
 
     def abort(self, request_id: str) -> bool:
         """Drop a queued or running request: it yields no output, not even an error
