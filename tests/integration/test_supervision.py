@@ -5,9 +5,11 @@ message that kills the worker is dead-lettered after --max-attempts deaths."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from binbaton.schemas.messages import Request
 from binbaton.service.kafka.broker import answers_metadata, free_port
 from binbaton.service.kafka.client import ResultFollower, produce, request_message
 from binbaton.service.kafka.config import KafkaConfig
+from binbaton.service.kafka.topics import TopicsConfig
+from helpers.kafka import read_records
 from helpers.processes import (
     alive,
     processes_mentioning,
@@ -151,3 +155,50 @@ def test_a_message_that_kills_the_worker_is_dead_lettered_as_poison_after_max_at
     assert all(results[r.id].status == "ok" for r in [*before, *after])
     restarts = log.read_text().count("binbaton up: worker-0 exited with code 3; restarting")
     assert restarts == 3, log.read_text()[-3000:]
+
+
+@pytest.mark.slow
+async def test_a_message_that_kills_the_classifier_is_dead_lettered_as_poison(
+        broker: str, unique_prefix: str, create_topics, tiny_llama_dir: Path,
+        tmp_path: Path) -> None:
+    """`binbaton classifier` processes restarted after each death (as a supervisor would):
+    the fourth dead-letters the message and routes the rest."""
+    topics = TopicsConfig(prefix=unique_prefix, num_bins=1)
+    await create_topics(topics)
+    kafka = KafkaConfig(bootstrap_servers=broker)
+    fine = [Request(id=f"fine-{i}", prompt=f"hello {i}", max_tokens=4) for i in range(5)]
+    poison = Request(id="poison-c", prompt="this one kills the classifier", max_tokens=4)
+    await produce(kafka, topics.requests, [request_message(r) for r in [*fine[:2], poison,
+                                                                          *fine[2:]]])
+    command = [sys.executable, "-m", "binbaton.service.app.cli", "classifier",
+               "--bootstrap-servers", broker, "--topic-prefix", unique_prefix, "--bins", "1",
+               "--bin-edges", "", "--model", str(tiny_llama_dir), "--predictor", "max_tokens",
+               "--state-dir", str(tmp_path), "--max-attempts", "3", "--tracing", "false",
+               *GROUP_TIMINGS]
+    env = dict(os.environ, PYTHONPATH=str(FAULTS), TEST_FAULT_EXIT_ON_ID="poison-c",
+               OMP_NUM_THREADS="1")
+    for death in range(3):
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=(tmp_path / f"run{death}.log").open("w"))
+        try:
+            assert await asyncio.to_thread(process.wait, 90) == 3, f"run {death}"
+        finally:
+            stop(process)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=(tmp_path / "run3.log").open("w"))
+    try:
+        async with ResultFollower(kafka, topics.results) as follower:
+            results = await follower.collect(["poison-c"], timeout=90)
+        routed = await read_records(broker, topics.bin(0), topics.bin_partitions,
+                                    lambda records: {r.key for r in records} >= {
+                                        r.id.encode() for r in fine}, 30)
+        assert process.poll() is None, (tmp_path / "run3.log").read_text()[-2000:]
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        finally:
+            stop(process)
+    assert results["poison-c"].error is not None
+    assert results["poison-c"].error.code == "poison"
+    assert {r.key for r in routed} == {r.id.encode() for r in fine}  # never the poison
