@@ -121,7 +121,7 @@ def test_a_message_that_kills_the_worker_is_dead_lettered_as_poison_after_max_at
     bootstrap = f"127.0.0.1:{port}"
     log = tmp_path / "up.log"
     process = start_up(port, tiny_llama_dir, log, *GROUP_TIMINGS, "--max-attempts", "3",
-                       PYTHONPATH=str(FAULTS), TEST_FAULT_EXIT_ON_ID="poison")
+                       PYTHONPATH=str(FAULTS), TEST_FAULT_WORKER_EXIT_ON="poison")
     kafka = KafkaConfig(bootstrap_servers=bootstrap)
     before = [Request(id=f"before-{i}", prompt=f"the quick brown fox {i}", max_tokens=6)
               for i in range(3)]
@@ -175,7 +175,7 @@ async def test_a_message_that_kills_the_classifier_is_dead_lettered_as_poison(
                "--bin-edges", "", "--model", str(tiny_llama_dir), "--predictor", "max_tokens",
                "--state-dir", str(tmp_path), "--max-attempts", "3", "--tracing", "false",
                *GROUP_TIMINGS]
-    env = dict(os.environ, PYTHONPATH=str(FAULTS), TEST_FAULT_EXIT_ON_ID="poison-c",
+    env = dict(os.environ, PYTHONPATH=str(FAULTS), TEST_FAULT_CLASSIFIER_EXIT_ON="poison-c",
                OMP_NUM_THREADS="1")
     for death in range(3):
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,

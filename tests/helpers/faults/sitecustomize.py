@@ -1,8 +1,9 @@
 """Fault injection for tests, in no shipped code: a Python process that has this folder on
-its PYTHONPATH imports this module at start-up. With ``TEST_FAULT_EXIT_ON_ID=<text>`` set,
-a worker process dies at once (``os._exit(3)``, as a native crash would: no drain, no
-commit) when it submits to its engine a request whose id contains ``<text>``, and a
-classifier process when it routes a message whose bytes contain ``<text>``."""
+its PYTHONPATH imports this module at start-up. With ``TEST_FAULT_WORKER_EXIT_ON=<text>``
+set, a worker process dies at once (``os._exit(3)``, as a native crash would: no drain, no
+commit) when it submits to its engine a request whose id contains ``<text>``; with
+``TEST_FAULT_CLASSIFIER_EXIT_ON=<text>``, a classifier when it routes a message whose
+bytes contain ``<text>``."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ import sys
 from types import ModuleType
 from typing import Any
 
-MARKER = os.environ.get("TEST_FAULT_EXIT_ON_ID", "")
+WORKER_MARKER = os.environ.get("TEST_FAULT_WORKER_EXIT_ON", "")
+CLASSIFIER_MARKER = os.environ.get("TEST_FAULT_CLASSIFIER_EXIT_ON", "").encode()
 
 
 def _patch_worker(module: ModuleType) -> None:
     submit = module.Worker._submit
 
     def _submit(self: Any, request: Any) -> Any:
-        if MARKER in request.id:
+        if WORKER_MARKER in request.id:
             os._exit(3)
         return submit(self, request)
 
@@ -31,15 +33,18 @@ def _patch_classifier(module: ModuleType) -> None:
     route = module.Classifier.route
 
     async def _route(self: Any, records: Any) -> Any:
-        if any(MARKER.encode() in (record.value or b"") for record in records):
+        if any(CLASSIFIER_MARKER in (record.value or b"") for record in records):
             os._exit(3)
         return await route(self, records)
 
     module.Classifier.route = _route
 
 
-PATCHES = {"binbaton.workers.worker": _patch_worker,
-           "binbaton.service.classifier.service": _patch_classifier}
+PATCHES = {}
+if WORKER_MARKER:
+    PATCHES["binbaton.workers.worker"] = _patch_worker
+if CLASSIFIER_MARKER:
+    PATCHES["binbaton.service.classifier.service"] = _patch_classifier
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
@@ -66,5 +71,5 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-if MARKER:
+if PATCHES:
     sys.meta_path.insert(0, _PatchOnImport())
