@@ -30,3 +30,4 @@ class ErrorCode(StrEnum):
     FIELD_TOO_LARGE = "field_too_large"  # prompt, stop list or metadata over its size limit
     KEY_MISMATCH = "key_mismatch"  # the message key is not the request's id
     DUPLICATE_ID = "duplicate_id"  # an id in flight, reused by a different request
+    POISON = "poison"  # a worker died serving this message --max-attempts times: not retried

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+# Workers keep per-message attempt records (workers/attempts.py) under $XDG_STATE_HOME:
+# this session's, and its subprocesses', go to a fresh directory, not the user's.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="binbaton-test-state-")
 
 # Triton decides interpreted vs compiled when it is first imported: without CUDA, the
 # kernel tests run under the interpreter, so switch it on before any test module loads.

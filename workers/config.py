@@ -53,6 +53,14 @@ class WorkerConfig:
         "seconds between commits of the offsets whose results were acknowledged",
         flag="commit-interval", parse=positive_float))
 
+    state_dir: str | None = field(default=None, metadata=setting(
+        "directory of the per-message attempt records that stop a message which kills its "
+        "process (worker, classifier) from being retried forever (default: "
+        "$XDG_STATE_HOME/binbaton, else ~/.local/state/binbaton)"))
+    max_attempts: int = field(default=3, metadata=setting(
+        "deliveries of a message during which the process serving it died, after which it "
+        "is dead-lettered with code `poison`", parse=positive_int))
+
     def __post_init__(self) -> None:
         bins = tuple(self.bins)
         object.__setattr__(self, "bins", bins)
@@ -65,7 +73,7 @@ class WorkerConfig:
         if not self.worker_id:
             raise ConfigError("worker_id must not be empty")
         for name in ("max_in_flight", "max_poll_records", "poll_timeout_ms",
-                     "commit_interval_s"):
+                     "commit_interval_s", "max_attempts"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.drain_timeout_s < 0:

@@ -30,6 +30,10 @@ class FlowControl(Protocol):
 
     def is_full(self) -> bool: ...
 
+    async def revoke(self, partitions: set[TopicPartition]) -> None: ...
+
+    def assigned(self, bin: int, partitions: set[TopicPartition]) -> None: ...
+
 
 class BinConsumer(ConsumerRebalanceListener):
     """The consumer of one bin's group, its offset tracker, and its rebalance callbacks."""
@@ -48,11 +52,15 @@ class BinConsumer(ConsumerRebalanceListener):
         self.depth = 0  # records of this bin taken and not yet finished (queue depth)
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Commit what is acknowledged, then forget: the new owner starts from there.
+        # Drop what is not yet publishing, commit what is acknowledged, then forget: the
+        # new owner starts from there and is the only one to answer the rest.
+        if revoked:
+            await self.worker.revoke(revoked)
         await self.commit(revoked)
         self.tracker.reset(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.worker.assigned(self.bin, assigned)
         # A rebalance forgets pauses: re-pause when the worker is still full.
         if self.worker.is_full() and assigned:
             self.consumer.pause(*assigned)

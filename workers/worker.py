@@ -14,7 +14,18 @@ Flow control and delivery (README's "Messages", at-least-once):
 
 Shutdown: once ``stop`` is set, stop taking messages, let in-flight requests finish within
 ``drain_timeout_s``, publish and commit them, leave the groups; ``abort`` skips the rest of
-the drain (``binbaton worker`` sets them on the first and second SIGTERM/SIGINT).
+the drain (``binbaton worker`` sets them on the first and second SIGTERM/SIGINT). What is
+unfinished then is aborted in the engine and left uncommitted (redelivered).
+
+Rebalances: on revoke, a message of a revoked partition that is not publishing yet is
+dropped (no result, no commit); its engine request is aborted once the assignment shows
+the partition went to another worker, and shared by the redelivered message when it came
+back to us (``revoke``, ``assigned``).
+
+Poison pills (``service/kafka/attempts.py``, ``workers/attempts.py``): an engine error on
+one request is that request's ``internal`` error; a message in flight when a worker died
+runs alone next time, and after ``max_attempts`` such deaths it is dead-lettered as
+``poison``.
 
 Observability (optional ``Telemetry`` and ``Metrics``): each record gets a
 ``process binbaton.bin.<i>`` span (from the moment it was taken until its result is
@@ -30,9 +41,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -49,6 +64,7 @@ from binbaton.schemas.codec import (
 )
 from binbaton.schemas.errors import ErrorCode
 from binbaton.schemas.messages import BinnedRequest, DeadLetter, ErrorInfo, Result, Timings
+from binbaton.service.kafka.attempts import AttemptJournal, MessageKey, default_state_dir
 from binbaton.service.kafka.config import KafkaConfig
 from binbaton.service.telemetry.metrics import Metrics
 from binbaton.service.telemetry.tracing import (
@@ -59,6 +75,7 @@ from binbaton.service.telemetry.tracing import (
     mark_error,
     seconds_to_ns,
 )
+from binbaton.workers.attempts import EngineGate
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.consumer import BinConsumer
 from binbaton.workers.engine.request import GenerationOutput, GenerationRequest
@@ -75,6 +92,17 @@ log = logging.getLogger(__name__)
 
 STAGE = "worker"
 PUBLISH_RETRY_S = 0.5
+REVOKE_PUBLISH_WAIT_S = 5.0  # a revoked partition's results being published may finish
+
+
+@dataclass(eq=False)
+class Flight:
+    """One message taken and not yet finished: its task, and how far it got."""
+
+    task: asyncio.Task[None]
+    stage: str = "taken"  # "engine" while its request decodes, then "publishing"
+    request_id: str | None = None  # its engine request, while in the engine
+    counted: bool = False  # its attempt record was incremented (see workers/attempts.py)
 
 
 class WorkerError(RuntimeError):
@@ -87,6 +115,8 @@ class EngineService(Protocol):
     async def start(self) -> None: ...
 
     def submit(self, request: GenerationRequest) -> asyncio.Future[GenerationOutput]: ...
+
+    def abort(self, request_id: str) -> bool: ...
 
     async def stop(self, timeout: float | None = None) -> None: ...
 
@@ -119,10 +149,17 @@ class Worker:
         self.failed = False  # the engine broke: exit non-zero, leave messages uncommitted
         self._capacity_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flights: dict[MessageKey, Flight] = {}
+        self._orphans: dict[TopicPartition, set[str]] = {}  # revoked: engine requests left
+        self.aborted = 0  # requests aborted in flight (revoked partition, drain timeout)
         # id -> the request in the engine under that id, and its output
         self._by_id: dict[str, tuple[GenerationRequest, asyncio.Future[GenerationOutput]]] = {}
         self._producer: AIOKafkaProducer | None = None
         self._consumers: list[BinConsumer] = []
+        self.journal = AttemptJournal(Path(config.state_dir) if config.state_dir
+                                      else default_state_dir())
+        self._gate = EngineGate()
+        self._journal_writer = ThreadPoolExecutor(1, thread_name_prefix="binbaton-attempts")
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
 
@@ -196,6 +233,7 @@ class Worker:
                 await self._producer.stop()
             self._producer = None
         await self.engine.stop(timeout=1.0)
+        self._journal_writer.shutdown(wait=False)
 
     async def _serve(self) -> None:
         loops = [asyncio.create_task(self._fetch_loop(c)) for c in self._consumers]
@@ -221,14 +259,68 @@ class Worker:
                                return_when=asyncio.FIRST_COMPLETED)
             pending.cancel()
             aborted.cancel()
+        if self._flights:  # aborted before the commit, so nothing of theirs moves it
+            log.warning("%d requests not finished: aborted, left uncommitted (redelivered)",
+                        len(self._flights))
+            await self._abort_flights(list(self._flights.values()))
         for bin_consumer in self._consumers:
             await bin_consumer.commit()
         if self._tasks:
-            log.warning("%d requests not finished: left uncommitted (redelivered)",
-                        len(self._tasks))
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def revoke(self, partitions: set[TopicPartition]) -> None:
+        """Partitions were revoked: results being published may finish; every other
+        message of theirs is dropped (its task cancelled: no result, no commit) while its
+        engine request runs on until the assignment shows where the partition went
+        (``assigned``): a message redelivered to us shares it, one that went elsewhere is
+        aborted there. The new owner reads from the last commit, so nothing is lost."""
+        flights = [flight for key, flight in self._flights.items()
+                   if TopicPartition(key.topic, key.partition) in partitions]
+        publishing = [flight.task for flight in flights if flight.stage == "publishing"]
+        if publishing:
+            await asyncio.wait(publishing, timeout=REVOKE_PUBLISH_WAIT_S)
+        dropped = [(key, flight) for key, flight in self._flights.items()
+                   if TopicPartition(key.topic, key.partition) in partitions]
+        for key, flight in dropped:
+            if flight.request_id is not None:
+                tp = TopicPartition(key.topic, key.partition)
+                self._orphans.setdefault(tp, set()).add(flight.request_id)
+            flight.task.cancel()
+        await asyncio.gather(*(flight.task for _, flight in dropped), return_exceptions=True)
+
+    def assigned(self, bin: int, partitions: set[TopicPartition]) -> None:
+        """Engine requests of the bin's revoked partitions that went to another worker
+        are aborted (their cache is freed); those assigned back to us are left to the
+        redelivered messages (``_submit`` shares a request by id)."""
+        topic = self.config.bin_topic(bin)
+        for tp in [tp for tp in self._orphans if tp.topic == topic]:
+            ids = self._orphans.pop(tp)
+            if tp in partitions:
+                continue
+            live = {f.request_id for f in self._flights.values() if f.request_id is not None}
+            doomed = ids - live
+            for request_id in doomed:
+                self._by_id.pop(request_id, None)
+                self.aborted += self.engine.abort(request_id)
+            if doomed:
+                log.info("%s moved to another worker: aborted %d of its requests", tp,
+                         len(doomed))
+
+    async def _abort_flights(self, flights: list[Flight]) -> None:
+        """Abort in the engine (unless a flight not aborted shares the request), cancel,
+        wait until each task has ended."""
+        doomed = set(flights)
+        kept = {f.request_id for f in self._flights.values()
+                if f not in doomed and f.request_id is not None}
+        for flight in flights:
+            if flight.request_id is not None and flight.request_id not in kept:
+                self._by_id.pop(flight.request_id, None)
+                self.engine.abort(flight.request_id)
+            flight.task.cancel()
+        self.aborted += len(flights)
+        await asyncio.gather(*(f.task for f in flights), return_exceptions=True)
 
     # -- taking messages -----------------------------------------------------------------
 
@@ -285,6 +377,13 @@ class Worker:
                 task = asyncio.create_task(self._handle(bin_consumer, tp, record, received))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+                key = MessageKey(tp.topic, tp.partition, record.offset)
+                self._flights[key] = flight = Flight(task)
+                task.add_done_callback(functools.partial(self._landed, key, flight))
+
+    def _landed(self, key: MessageKey, flight: Flight, _: object) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
 
     # -- serving one message -------------------------------------------------------------
 
@@ -296,9 +395,10 @@ class Worker:
         span = self.telemetry.start_process(
             record, self.config.group_id(bin_consumer.bin), start_ns=seconds_to_ns(received),
             attributes={BIN: bin_consumer.bin})
+        key = MessageKey(record.topic, record.partition, record.offset)
         try:
             try:
-                acknowledged = await self._serve_record(bin_consumer, record, span, received)
+                acknowledged = await self._attempt(key, bin_consumer, record, span, received)
             except Exception as exc:  # a bug: answer the request instead of stalling commits
                 log.exception("serving %s[%d]@%d failed", record.topic, record.partition,
                               record.offset)
@@ -306,20 +406,47 @@ class Worker:
                 error = ErrorInfo(ErrorCode.INTERNAL, f"worker error: {exc!r}")
                 acknowledged = await self._reject(record, bin_consumer.bin, error,
                                                   recover_id(record.value or b""), span)
-        except BaseException as exc:  # cancelled by the drain: redelivered later
+        except BaseException as exc:  # aborted (revoke, drain timeout): redelivered later
             mark_error(span, exc)
+            flight = self._flights.get(key)
+            if isinstance(exc, asyncio.CancelledError) and flight is not None and flight.counted:
+                self.journal.undo(key)  # stopped on purpose: not an attempt that crashed
             raise
         finally:
             span.end()
             if acknowledged:
+                self.journal.clear(key)
                 bin_consumer.tracker.done(tp, record.offset)
                 self.served += 1
             self.in_flight -= 1
             self._set_depth(bin_consumer, -1)
             self._capacity_freed.set()
 
+    async def _attempt(self, key: MessageKey, bin_consumer: BinConsumer,
+                       record: ConsumerRecord, span: Span, received: float) -> bool:
+        """Serve the message unless workers died serving it ``max_attempts`` times (then
+        dead-letter it as ``poison``); after one such death it runs alone."""
+        prior = self.journal.attempts(key)
+        if prior >= self.config.max_attempts:
+            error = ErrorInfo(ErrorCode.POISON, (
+                f"a worker died {prior} times while serving this message "
+                f"(--max-attempts {self.config.max_attempts}); it is not tried again"))
+            request_id = record.key.decode(errors="replace") if record.key else None
+            return await self._reject(record, bin_consumer.bin, error,
+                                      request_id or recover_id(record.value or b""), span)
+        if prior:
+            log.warning("%s[%d]@%d was in flight when a worker died (%d times): running it "
+                        "alone", record.topic, record.partition, record.offset, prior)
+        flight = self._flights[key]
+        async with self._gate.enter(alone=prior > 0):
+            # One writer thread: messages enter the engine in the order they were taken.
+            await asyncio.get_running_loop().run_in_executor(self._journal_writer,
+                                                             self.journal.begin, key)
+            flight.counted = True
+            return await self._serve_record(bin_consumer, record, span, received, flight)
+
     async def _serve_record(self, bin_consumer: BinConsumer, record: ConsumerRecord,
-                            span: Span, received: float) -> bool:
+                            span: Span, received: float, flight: Flight) -> bool:
         """Serve one message; True once everything it caused is acknowledged."""
         try:
             binned = decode_binned(record.value or b"")
@@ -339,6 +466,7 @@ class Worker:
                               f"id {request.id!r} is in flight with a different request: "
                               "give every request its own id")
             return await self._reject(record, bin_consumer.bin, error, request.id, span, binned)
+        flight.stage, flight.request_id = "engine", request.id
         try:
             output = await asyncio.shield(self._submit(request))
         except Exception as exc:
@@ -348,6 +476,7 @@ class Worker:
             self.failed = True
             self._stop.set()
             return False
+        flight.stage, flight.request_id = "publishing", None
         if self.telemetry.enabled:  # the stages, from the engine's timestamps, afterwards
             timeline = GenerationTimeline.from_output(output, received)
             self.telemetry.record_generation(span, timeline, request.id)

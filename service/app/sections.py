@@ -12,6 +12,7 @@ from __future__ import annotations
 from binbaton.schemas.settings import Setting, int_list, non_empty, positive_int
 from binbaton.service.app.flags import Section
 from binbaton.service.app.logs import LogConfig
+from binbaton.service.app.signals import WatchdogConfig
 from binbaton.service.classifier.config import ClassifierConfig
 from binbaton.service.kafka.broker import BrokerConfig
 from binbaton.service.kafka.config import KafkaConfig
@@ -72,10 +73,12 @@ WORKER = Section(WorkerConfig)
 TRACING = Section(TracingConfig)
 METRICS = Section(MetricsConfig)
 LOG = Section(LogConfig)
+WATCHDOG = Section(WatchdogConfig)
 
 WORKER_PROCESS = (KAFKA, BROKER, TOPICS.part("prefix", "partitions"), ENGINE, WORKER, TRACING,
-                  METRICS, LOG)  # `binbaton worker`
+                  METRICS, LOG, WATCHDOG)  # `binbaton worker`
 SERVICE = (KAFKA, BROKER, TOPICS, CLASSIFIER, ENGINE,
-           WORKER.part("worker_id", "max_in_flight", "drain_timeout_s", "commit_interval_s"),
+           WORKER.part("worker_id", "max_in_flight", "drain_timeout_s", "commit_interval_s",
+                       "state_dir", "max_attempts"),
            TRACING, METRICS, LOG)  # `binbaton up` and `binbaton demo`, with the supervisor's
 CLIENT = (BOOTSTRAP, BROKER, TOPICS.part("prefix"), TRACING, LOG)  # produce, results

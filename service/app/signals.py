@@ -6,12 +6,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from binbaton.schemas.settings import positive_int, setting
 
 log = logging.getLogger("binbaton")
 
 EXIT_ON_SIGNAL = 130
+EXIT_ORPHANED = 1
+WATCHDOG_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    parent_pid: int | None = field(default=None, metadata=setting(
+        "exit at once when the process of this pid is no longer our parent (`up` passes "
+        "its own, besides the parent-death signal)", parse=positive_int))
+
+
+def watch_parent(config: WatchdogConfig) -> None:
+    """With ``parent_pid``: a daemon thread exits this process (as SIGKILL would: nothing
+    uncommitted is lost) once that process is no longer its parent."""
+    parent = config.parent_pid
+    if parent is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCHDOG_INTERVAL_S)
+        log.error("parent process %d is gone: exiting", parent)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="binbaton-watchdog", daemon=True).start()
 
 Job = Callable[[asyncio.Event, asyncio.Event], Awaitable[int]]
 

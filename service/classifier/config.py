@@ -56,6 +56,13 @@ class ClassifierConfig:
         "classifier: requests remembered for learning from their results (LRU)",
         parse=positive_int))
     learn_from_results: bool = True
+    state_dir: str | None = field(default=None, metadata=setting(
+        "directory of the per-message attempt records that stop a message which kills its "
+        "process (worker, classifier) from being retried forever (default: "
+        "$XDG_STATE_HOME/binbaton, else ~/.local/state/binbaton)"))
+    max_attempts: int = field(default=3, metadata=setting(
+        "deliveries of a message during which the process serving it died, after which it "
+        "is dead-lettered with code `poison`", parse=positive_int))
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -64,7 +71,7 @@ class ClassifierConfig:
         if any(e < 1 for e in edges) or any(b <= a for a, b in itertools.pairwise(edges)):
             raise ConfigError(f"bin edges must be increasing positive integers, got {edges}")
         for name in ("max_tokens_limit", "batch_size", "poll_timeout_ms", "max_request_bytes",
-                     "observe_cache"):
+                     "observe_cache", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.predictor not in PREDICTORS:

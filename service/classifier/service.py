@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -38,6 +39,7 @@ from binbaton.schemas.messages import BinnedRequest, DeadLetter, ErrorInfo, Requ
 from binbaton.schemas.settings import ConfigError
 from binbaton.service.classifier.config import ClassifierConfig
 from binbaton.service.classifier.router import Decision, Router, decide_guarded
+from binbaton.service.kafka.attempts import AttemptJournal, MessageKey, default_state_dir
 from binbaton.service.kafka.config import KafkaConfig
 from binbaton.service.kafka.topics import TopicsConfig, create_service_topics
 from binbaton.service.predictor.interface import PredictionInput
@@ -131,6 +133,8 @@ class Classifier:
         self._lag_updated = 0.0
         self._spans: dict[int, Span] = {}  # id(record) -> its `process` span, this batch
         self._batch_lock = asyncio.Lock()
+        self.journal = AttemptJournal(Path(config.state_dir) if config.state_dir
+                                      else default_state_dir())
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._feedback: AIOKafkaConsumer | None = None
@@ -212,8 +216,8 @@ class Classifier:
         assert self._consumer is not None
         records = [record for part in batches.values() for record in part]
         try:
-            acks = await self.route(records)
-            await asyncio.gather(*acks)
+            for group in self._attempt_groups(records):
+                await self._route_group(group)
         except KafkaError as exc:
             # Nothing of this batch is committed: go back and route it again.
             log.warning("producing a batch failed (%s); routing it again", exc)
@@ -222,7 +226,6 @@ class Classifier:
                 self._consumer.seek(tp, part[0].offset)
             await asyncio.sleep(0.5)
             return
-        self._end_spans()
         offsets = {tp: part[-1].offset + 1 for tp, part in batches.items()}
         try:
             await self._consumer.commit(offsets)
@@ -230,6 +233,46 @@ class Classifier:
             # Partitions moved on: the next owner routes them again (at-least-once).
             log.warning("commit failed after routing (%s); duplicates may follow", exc)
         self.stats.batches += 1
+
+    def _attempt_groups(self, records: list[ConsumerRecord]) -> list[list[ConsumerRecord]]:
+        """Messages this process (or a predecessor) died on ``max_attempts`` times, each
+        alone (dead-lettered as poison); those it died on fewer times, each alone; then the
+        rest together (``service/kafka/attempts.py``)."""
+        prior = [self.journal.attempts(attempt_key(r)) for r in records]
+        poison = [[r] for r, n in zip(records, prior, strict=True)
+                  if n >= self.config.max_attempts]
+        alone = [[r] for r, n in zip(records, prior, strict=True)
+                 if 0 < n < self.config.max_attempts]
+        rest = [r for r, n in zip(records, prior, strict=True) if n == 0]
+        return [*poison, *alone, *([rest] if rest else [])]
+
+    async def _route_group(self, records: list[ConsumerRecord]) -> None:
+        """Count the attempt, route (or dead-letter a poison pill), wait for the broker's
+        acknowledgements, forget the attempt."""
+        keys = [attempt_key(r) for r in records]
+        prior = self.journal.attempts(keys[0])
+        if prior >= self.config.max_attempts:
+            acks: list[asyncio.Future[Any]] = []
+            problem = InvalidMessage(ErrorCode.POISON, (
+                f"the classifier died {prior} times while routing this message "
+                f"(--max-attempts {self.config.max_attempts}); it is not tried again"),
+                key_id(records[0].key))
+            await self._reject(records[0], problem, now_ms(), acks)
+        else:
+            if prior:
+                log.warning("%s[%d]@%d was in flight when a classifier died (%d times): "
+                            "routing it alone", records[0].topic, records[0].partition,
+                            records[0].offset, prior)
+            await asyncio.to_thread(self._begin, keys)
+            acks = await self.route(records)
+        await asyncio.gather(*acks)
+        self._end_spans()
+        for key in keys:
+            self.journal.clear(key)
+
+    def _begin(self, keys: list[MessageKey]) -> None:
+        for key in keys:
+            self.journal.begin(key)
 
     async def route(self, records: Sequence[ConsumerRecord]) -> list[asyncio.Future[Any]]:
         """Decide and send every record; returns the broker acknowledgements to await."""
@@ -241,7 +284,13 @@ class Classifier:
         acks: list[asyncio.Future[Any]] = []
         requests: list[tuple[ConsumerRecord, Request]] = []
         for record in records:
-            request = await self._decode(record, received, acks)
+            try:
+                request = await self._decode(record, received, acks)
+            except KafkaError:
+                raise
+            except Exception as exc:  # a bug on one message: answer it, keep routing
+                await self._reject_internal(record, exc, received, acks)
+                continue
             if request is not None:
                 requests.append((record, request))
         timer = StageTimer()
@@ -253,11 +302,26 @@ class Classifier:
                 self.telemetry.annotate(span, request)
                 self.telemetry.record_stages(span, timer, request.id)
         for (record, request), outcome in zip(requests, outcomes, strict=True):
-            if isinstance(outcome, Decision):
-                acks.append(await self._send_binned(record, outcome, received, classified))
-            else:
-                await self._reject(record, outcome, received, acks, request)
+            try:
+                if isinstance(outcome, Decision):
+                    acks.append(await self._send_binned(record, outcome, received, classified))
+                else:
+                    await self._reject(record, outcome, received, acks, request)
+            except KafkaError:
+                raise
+            except Exception as exc:
+                await self._reject_internal(record, exc, received, acks, request.id)
         return acks
+
+    async def _reject_internal(self, record: ConsumerRecord, exc: Exception, received: int,
+                               acks: list[asyncio.Future[Any]],
+                               request_id: str | None = None) -> None:
+        log.exception("classifying %s[%d]@%d failed", record.topic, record.partition,
+                      record.offset)
+        problem = InvalidMessage(ErrorCode.INTERNAL,
+                                 f"the classifier failed on this message: {exc!r}",
+                                 request_id or key_id(record.key))
+        await self._reject(record, problem, received, acks)
 
     async def _decode(
         self, record: ConsumerRecord, received: int, acks: list[asyncio.Future[Any]]
@@ -404,6 +468,10 @@ class Classifier:
                     await self._feedback.commit(
                         {tp: part[-1].offset + 1 for tp, part in batches.items()}
                     )
+
+
+def attempt_key(record: ConsumerRecord) -> MessageKey:
+    return MessageKey(record.topic, record.partition, record.offset)
 
 
 def _trace_headers(record: ConsumerRecord) -> list[tuple[str, bytes]]:

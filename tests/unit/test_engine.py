@@ -341,3 +341,75 @@ def test_abort_of_a_waiting_request_and_of_an_unknown_id(tiny_llama_dir):
     engine.add(GenerationRequest(id="bad2", prompt_token_ids=()))
     assert engine.abort("bad2")  # a pending error output is dropped too
     assert not engine.has_work()
+
+
+# ---- a request whose forward raises -------------------------------------------------
+
+
+class RaisesOnMarker:
+    """The model, except that a forward over ``marker`` raises (fault injection)."""
+
+    def __init__(self, model, marker: int):
+        self.model = model
+        self.marker = marker
+        self.raised = 0
+
+    def __call__(self, token_ids, *args, **kwargs):
+        if bool((token_ids == self.marker).any()):
+            self.raised += 1
+            raise RuntimeError("injected fault")
+        return self.model(token_ids, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_a_forward_that_raises_fails_only_its_request_and_the_rest_stay_exact(
+        tiny_llama_dir, hf_reference):
+    requests = [make_request(f"a{i}", prompt_len=6 + 5 * i, start=5 + i, max_tokens=12 + 3 * i)
+                for i in range(4)]
+    late = make_request("late", prompt_len=7, start=40, max_tokens=10)
+    expected = hf_reference(tiny_llama_dir, [*requests, late])
+    used = {t for r in [*requests, late] for t in (*r.prompt_token_ids, *expected[r.id])}
+    marker = next(t for t in range(1, 1000) if t not in used)
+    poison = GenerationRequest(id="poison", prompt_token_ids=(5, marker, 7),
+                               sampling=SamplingParams(max_tokens=8))
+    engine = make_engine(tiny_llama_dir, max_batch=8)
+    engine.runner.model = faulty = RaisesOnMarker(engine.runner.model, marker)
+    for request in requests:
+        engine.add(request)
+    outputs = {}
+    for _ in range(3):
+        outputs.update((o.id, o) for o in engine.step())
+    engine.add(poison)  # joins a batch mid-decode: the whole step raises
+    engine.add(late)
+    while engine.has_work():
+        outputs.update((o.id, o) for o in engine.step())
+    assert outputs["poison"].error is not None
+    assert outputs["poison"].error.code == "internal"
+    assert "injected fault" in outputs["poison"].error.message
+    assert faulty.raised >= 2  # in the batch, then alone
+    assert sorted(outputs) == ["a0", "a1", "a2", "a3", "late", "poison"]
+    assert all(list(outputs[r].token_ids) == expected[r] for r in outputs if r != "poison")
+    assert engine.cache.allocator.num_free == engine.cache.num_blocks
+    assert not engine.running and not engine.waiting
+
+
+def test_a_forward_that_raises_alone_fails_that_request(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir)
+    engine.runner.model = RaisesOnMarker(engine.runner.model, 9)
+    [out] = engine.generate([make_request("only", prompt_len=8, start=5, max_tokens=4)])
+    assert out.error is not None and out.error.code == "internal"
+    assert engine.cache.allocator.num_free == engine.cache.num_blocks
+    [ok] = engine.generate([make_request("next", prompt_len=3, start=20, max_tokens=4)])
+    assert ok.error is None and len(ok.token_ids) > 0  # the engine serves on
+
+
+def test_a_request_the_engine_cannot_take_is_an_internal_error(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir)
+    odd = GenerationRequest(id="odd", prompt_token_ids=(5, "x", 7),  # type: ignore[arg-type]
+                            sampling=SamplingParams(max_tokens=3))
+    fine = make_request("fine", max_tokens=3)
+    by_id = {o.id: o for o in engine.generate([odd, fine])}
+    assert by_id["odd"].error is not None and by_id["odd"].error.code == "internal"
+    assert by_id["fine"].ok and by_id["fine"].token_ids

@@ -2,10 +2,12 @@
 tests/integration/test_worker.py runs the same paths through the real broker and engine)."""
 
 import asyncio
+import tempfile
 
 from aiokafka import ConsumerRecord, TopicPartition
-from binbaton.schemas.codec import decode_result, encode
+from binbaton.schemas.codec import decode_dead_letter, decode_result, encode
 from binbaton.schemas.messages import BinnedRequest, Request
+from binbaton.service.kafka.attempts import MessageKey
 from binbaton.workers.config import WorkerConfig
 from binbaton.workers.consumer import BinConsumer
 from binbaton.workers.engine.request import GenerationOutput
@@ -22,6 +24,7 @@ class ManualEngine:
     def __init__(self) -> None:
         self.futures: dict[str, asyncio.Future[GenerationOutput]] = {}
         self.submitted: list[str] = []
+        self.aborted: list[str] = []
 
     async def start(self) -> None: ...
 
@@ -32,6 +35,14 @@ class ManualEngine:
         future = asyncio.get_running_loop().create_future()
         self.futures[request.id] = future
         return future
+
+    def abort(self, request_id: str) -> bool:
+        future = self.futures.get(request_id)
+        if future is None or future.done():
+            return False
+        future.cancel()
+        self.aborted.append(request_id)
+        return True
 
     def finish(self, request_id: str) -> None:
         self.futures[request_id].set_result(GenerationOutput(
@@ -53,8 +64,9 @@ def record(
 
 def make_worker(max_in_flight: int, assigned=(TP0, TP1)):
     engine = ManualEngine()
-    worker = Worker(WorkerConfig(bins=(0,), topic_prefix="p", max_in_flight=max_in_flight),
-                    kafka=None, engine=engine)
+    config = WorkerConfig(bins=(0,), topic_prefix="p", max_in_flight=max_in_flight,
+                          state_dir=tempfile.mkdtemp(prefix="attempts-"))
+    worker = Worker(config, kafka=None, engine=engine)
     consumer = FakeConsumer(set(assigned))
     bin_consumer = BinConsumer(worker, 0, consumer)
     worker._producer = FakeProducer()
@@ -63,8 +75,8 @@ def make_worker(max_in_flight: int, assigned=(TP0, TP1)):
 
 
 async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+    for _ in range(5):  # the attempt records are written in a thread
+        await asyncio.sleep(0.01)
 
 
 async def test_take_stops_at_the_bound_and_seeks_back():
@@ -141,11 +153,33 @@ async def test_revoke_commits_acknowledged_then_forgets_partitions():
     await bin_consumer.on_partitions_revoked({TP0})
     assert consumer.commits == [{TP0: 1}]
     assert bin_consumer.tracker.partitions == {TP1}
-    engine.finish("b")  # finishes after the revoke: published, never committed by us
+    # "b" was still decoding: dropped at once (the new owner answers it), and aborted in
+    # the engine once the assignment shows TP0 went elsewhere.
+    assert worker.in_flight == 1 and engine.aborted == []
+    await bin_consumer.on_partitions_assigned({TP1})
+    assert engine.aborted == ["b"] and worker.aborted == 1
     await settle()
+    assert [key for _, _, key, _ in worker._producer.sent] == [b"a"]  # nothing for "b"
     await bin_consumer.commit()
     assert consumer.commits[-1] == {TP1: 0}
     assert worker.in_flight == 1
+
+
+async def test_a_request_of_a_partition_assigned_back_is_not_aborted_but_shared():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a")]})
+    await settle()
+    await bin_consumer.on_partitions_revoked({TP0, TP1})
+    await bin_consumer.on_partitions_assigned({TP0})  # back to us: redelivered from 0
+    assert engine.aborted == [] and worker.in_flight == 0
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a")]})
+    await settle()
+    assert engine.submitted == ["a"]  # the redelivered message shares the engine request
+    engine.finish("a")
+    await settle()
+    assert [key for _, _, key, _ in worker._producer.sent] == [b"a"]  # one result
+    await bin_consumer.commit()
+    assert consumer.commits[-1] == {TP0: 1}
 
 
 async def test_failed_commit_is_retried_next_time():
@@ -250,6 +284,8 @@ async def test_drain_timeout_leaves_unfinished_uncommitted():
     assert asyncio.get_running_loop().time() - started < 1.0
     assert consumer.commits == [{TP0: 0}]  # "a" never finished: redelivered to the next owner
     assert worker.in_flight == 0  # its task was cancelled
+    assert engine.aborted == ["a"]  # and its request aborted in the engine
+    assert worker.journal.attempts(MessageKey(TP0.topic, 0, 0)) == 0  # not a crash
 
 
 async def test_second_signal_skips_the_drain():
@@ -261,3 +297,47 @@ async def test_second_signal_skips_the_drain():
     await worker._drain()  # drain_timeout_s is 30 s
     assert asyncio.get_running_loop().time() - started < 1.0
     assert consumer.commits == [{TP0: 0}]
+
+
+# ---- messages in flight when a worker died -------------------------------------------
+
+
+async def test_a_message_its_workers_died_on_max_attempts_times_is_dead_lettered_as_poison():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    for _ in range(3):  # three earlier workers took it into their engine, then died
+        worker.journal.begin(MessageKey(TP0.topic, 0, 0))
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "p"), record(TP0, 1, "ok")]})
+    await settle()
+    assert engine.submitted == ["ok"]  # the poison never runs again
+    letters = [decode_dead_letter(v) for t, v, _, _ in worker._producer.sent if t == "p.dlq"]
+    results = [decode_result(v) for t, v, _, _ in worker._producer.sent if t == "p.results"]
+    assert [(d.key, d.error.code) for d in letters] == [("p", "poison")]
+    assert [(r.id, r.error.code) for r in results] == [("p", "poison")]
+    assert worker.journal.attempts(MessageKey(TP0.topic, 0, 0)) == 0  # answered: forgotten
+    engine.finish("ok")
+    await settle()
+    await bin_consumer.commit()
+    assert consumer.commits == [{TP0: 2}]
+
+
+async def test_a_message_in_flight_at_a_death_runs_alone_and_counts_each_attempt():
+    worker, bin_consumer, consumer, engine = make_worker(max_in_flight=8)
+    suspect = MessageKey(TP0.topic, 0, 1)
+    worker.journal.begin(suspect)
+    worker._take(bin_consumer, {TP0: [record(TP0, 0, "a"), record(TP0, 1, "s"),
+                                      record(TP0, 2, "b")]})
+    await settle()
+    assert engine.submitted == ["a"]  # "s" waits for the engine to empty; "b" waits for "s"
+    assert worker.journal.attempts(MessageKey(TP0.topic, 0, 0)) == 1
+    engine.finish("a")
+    await settle()
+    assert engine.submitted == ["a", "s"]
+    assert worker.journal.attempts(suspect) == 2  # counted before it entered the engine
+    engine.finish("s")
+    await settle()
+    assert engine.submitted == ["a", "s", "b"]
+    assert worker.journal.attempts(suspect) == 0
+    engine.finish("b")
+    await settle()
+    await bin_consumer.commit()
+    assert consumer.commits == [{TP0: 3}]

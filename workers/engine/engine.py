@@ -13,6 +13,7 @@ Cache blocks are released in exactly one place, the scheduler's ``_free``.
 
 from __future__ import annotations
 
+import logging
 import random
 
 from binbaton.kernels.ops import KernelOps
@@ -21,11 +22,13 @@ from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.kv_cache import KVCache
 from binbaton.workers.engine.model import CausalLM
 from binbaton.workers.engine.request import GenerationOutput, GenerationRequest
-from binbaton.workers.engine.runner import ModelRunner, StepTokens
+from binbaton.workers.engine.runner import EMPTY_STEP, ModelRunner, StepTokens
 from binbaton.workers.engine.sampler import seed_key
 from binbaton.workers.engine.scheduler import ScheduledBatch, Scheduler
 from binbaton.workers.engine.sequence import Sequence, error_output
 from binbaton.workers.engine.stats import EngineStats, StepStats
+
+log = logging.getLogger(__name__)
 
 STOP_WINDOW_SLACK = 4  # tokens decoded beyond a stop string's length in UTF-8 bytes
 
@@ -67,16 +70,21 @@ class Engine:
 
     def add(self, request: GenerationRequest) -> None:
         """Queue a request; an unservable one comes out of the next step() as an error."""
-        problem = self._check(request)
+        try:
+            problem = self._check(request)
+            if problem is None:
+                seed = request.sampling.seed
+                sequence = Sequence(
+                    request=request,
+                    token_ids=list(request.prompt_token_ids),
+                    sampling_key=seed_key(self._seeds.getrandbits(64) if seed is None else seed),
+                )
+        except Exception as exc:  # a value nothing above foresaw: this request's error only
+            problem = ErrorCode.INTERNAL, f"the engine cannot take this request: {exc!r}"
         if problem is not None:
             self._rejected.append(error_output(request, *problem))
             return
-        seed = request.sampling.seed
-        self.scheduler.add(Sequence(
-            request=request,
-            token_ids=list(request.prompt_token_ids),
-            sampling_key=seed_key(self._seeds.getrandbits(64) if seed is None else seed),
-        ))
+        self.scheduler.add(sequence)
 
     def abort(self, request_id: str) -> bool:
         """Drop a queued or running request: it yields no output, not even an error
@@ -98,8 +106,15 @@ class Engine:
         """schedule → run → postprocess; returns the requests finished by this step."""
         outputs, self._rejected = self._rejected, []
         batch = self.scheduler.schedule()
-        tokens = self.runner.run(batch)
+        try:
+            tokens = self.runner.run(batch)
+        except Exception as exc:  # one request's fault must not fail the others
+            outputs += self._isolate(batch, exc)
+            self._record(outputs, batch, EMPTY_STEP, 0)
+            return outputs
         finished, decoded = self._postprocess(batch, tokens)
+        if batch.probe:
+            self.scheduler.clear(batch)
         outputs += finished
         self._record(outputs, batch, tokens, decoded)
         return outputs
@@ -115,6 +130,25 @@ class Engine:
         while self.has_work():
             done.update((out.id, out) for out in self.step())
         return [done[i] for i in ids]
+
+    def _isolate(self, batch: ScheduledBatch, exc: Exception) -> list[GenerationOutput]:
+        """The forward or sampling raised. Alone, the sequence fails (``internal``);
+        with others, all become suspects and run alone one by one (the scheduler), so
+        only the culprit fails and the rest are recomputed, token for token the same."""
+        involved = batch.decode  # every running sequence, newcomers included
+        if not involved:
+            raise exc
+        self.runner.reset_rows()
+        if len(involved) > 1:
+            log.warning("a step of %d sequences raised %r: running each alone",
+                        len(involved), exc)
+            self.scheduler.suspect(involved)
+            return []
+        seq = involved[0]
+        log.error("request %s fails: the engine raised %r on it alone", seq.id, exc)
+        self.scheduler.drop(seq)
+        return [error_output(seq.request, ErrorCode.INTERNAL,
+                             f"the engine failed on this request: {exc!r}")]
 
     # ---- checks -----------------------------------------------------------------------
 

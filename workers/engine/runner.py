@@ -366,6 +366,15 @@ class ModelRunner:
             moved.row = row
         seq.row = None
 
+    def reset_rows(self) -> None:
+        """Every row goes (after a failed step: the engine recomputes its sequences)."""
+        for seq in self.rows:
+            seq.row = None
+        self.rows = []
+        for buf in (*self._inputs, *self._sampling):
+            buf.np[...] = buf.pad
+        self._num_sampled_rows = 0
+
     def _write_block_table(self, seq: Sequence) -> None:
         assert seq.row is not None
         self.block_tables.np[seq.row, : len(seq.blocks)] = seq.blocks

@@ -5,6 +5,11 @@ is about to feed (when the cache is full the youngest running sequence is preemp
 blocks go back and it waits at the front, to be recomputed). Then, unless it had to
 preempt, the policy admits waiting requests into what is left. Cache blocks go back to the
 pool in exactly one place, ``_free``: at retirement, preemption and abort.
+
+After a step that raised (``suspect``), every sequence of that step waits at the front as
+a suspect, and suspects run alone, one per step (a *probe*), before anything else is
+admitted: a probe that raises again is the culprit; one that passes is cleared and waits
+for ordinary admission (recomputed, like a preempted sequence).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class ScheduledBatch:
     freed: list[Sequence]  # out of the batch since the last step (their rows go)
     preempted: int
     prefill_tokens: int  # prompt tokens the newcomers' prefill runs over
+    probe: bool = False  # a suspect alone (see ``suspect``)
 
 
 class Scheduler:
@@ -46,8 +52,15 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> ScheduledBatch:
-        grown, preempted = self._grow()
-        newcomers = self._admit() if self.waiting and not preempted else []
+        probe = next((s for s in self.waiting if s.suspect), None)
+        grown: list[Sequence] = []
+        preempted = 0
+        if probe is not None and not self.running:
+            newcomers = self._admit_probe(probe)
+        else:
+            grown, preempted = self._grow()
+            admit = self.waiting and not preempted and probe is None
+            newcomers = self._admit() if admit else []
         freed, self._freed = self._freed, []
         return ScheduledBatch(
             prefill=newcomers,
@@ -56,7 +69,31 @@ class Scheduler:
             freed=freed,
             preempted=preempted,
             prefill_tokens=sum(len(s.token_ids) for s in newcomers),
+            probe=bool(newcomers) and newcomers[0].suspect,
         )
+
+    def suspect(self, seqs: list[Sequence]) -> None:
+        """``seqs`` (every running sequence) ran in a step that raised: each loses its
+        cache and waits at the front, in order, as a suspect."""
+        self.running = [s for s in self.running if s not in seqs]
+        for seq in reversed(seqs):
+            seq.suspect = True
+            self._preempt(seq)
+
+    def clear(self, probe: ScheduledBatch) -> None:
+        """A probe step passed: its sequence is cleared and, unless it finished, waits
+        for ordinary admission (the next suspect runs alone)."""
+        for seq in probe.decode:
+            seq.suspect = False
+            if not seq.finished:
+                self.running.remove(seq)
+                self._preempt(seq)
+
+    def drop(self, seq: Sequence) -> None:
+        """Out of the batch for good (it failed alone); its blocks go back."""
+        self.running = [s for s in self.running if s is not seq]
+        self.waiting = [s for s in self.waiting if s is not seq]
+        self._free(seq)
 
     def retire(self, finished: list[Sequence]) -> None:
         """Take the finished sequences out of the batch and free them."""
@@ -123,6 +160,14 @@ class Scheduler:
                 seq.admitted_at = now
         self.running.extend(newcomers)
         return newcomers
+
+    def _admit_probe(self, seq: Sequence) -> list[Sequence]:
+        """``seq`` alone, with the blocks of its reservation (the cache is all free)."""
+        self.policy.reserve(seq)
+        self.waiting.remove(seq)
+        seq.blocks = self.cache.allocator.allocate(self.cache.blocks_for(seq.reserved_len))
+        self.running.append(seq)
+        return [seq]
 
     def _preempt(self, seq: Sequence) -> None:
         """``seq`` (already out of ``running``) loses its cache and waits at the front."""

@@ -27,6 +27,7 @@ class Sequence:
     first_token_at: float | None = None
     prefill_finished_at: float | None = None
     inserted_at: float | None = None
+    suspect: bool = False  # ran in a step that raised: it runs alone until cleared
     max_len: int = field(init=False)  # prompt + max_tokens: it ends there ("length")
 
     def __post_init__(self) -> None:

@@ -10,8 +10,8 @@ import logging
 from binbaton.service.app.command import Command
 from binbaton.service.app.configs import engine_config, kafka_config, worker_config
 from binbaton.service.app.flags import Values
-from binbaton.service.app.sections import METRICS, TOPICS, TRACING, WORKER_PROCESS
-from binbaton.service.app.signals import run_until_signal
+from binbaton.service.app.sections import METRICS, TOPICS, TRACING, WATCHDOG, WORKER_PROCESS
+from binbaton.service.app.signals import run_until_signal, watch_parent
 from binbaton.service.kafka.topics import ensure_topics
 from binbaton.service.telemetry.metrics import Metrics
 from binbaton.service.telemetry.tracing import WORKER_SERVICE, setup_tracing
@@ -23,6 +23,7 @@ log = logging.getLogger("binbaton")
 
 
 def run(args: argparse.Namespace, values: Values) -> int:
+    watch_parent(WATCHDOG.build(values))
     kafka = kafka_config(values, client_id="binbaton-worker")
     topics = TOPICS.part("prefix", "partitions").build(values)
     worker = worker_config(values, topics)
