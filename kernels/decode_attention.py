@@ -15,7 +15,7 @@ partial) and one merge kernel.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -196,6 +196,20 @@ class DecodePlan:
     direct: launch.KernelConfig  # one split: the output is written directly
     partial: launch.KernelConfig  # several splits: partial outputs, then the merge
     merge: launch.KernelConfig
+    # Splits by (max_seq_len, num_splits asked for): the engine passes both, fixed per
+    # batch bucket, so a decode step's geometry is one lookup
+    splits: dict[tuple[int, int | None], Splits] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A launch's split geometry: how the context is cut, and where partials go."""
+
+    num_splits: int
+    tokens_per_split: int
+    config: launch.KernelConfig
+    partial_strides: tuple[int, int, int]  # of the partial outputs (out's with one split)
+    lse_strides: tuple[int, int]
 
 
 _plans: launch.PlanCache[DecodePlan] = launch.PlanCache()
@@ -268,41 +282,58 @@ def decode_attention(
         return out
     if max_seq_len is None:
         max_seq_len = int(seq_lens.max())
+    splits = plan.splits.get((max_seq_len, num_splits))
+    if splits is None:
+        splits = _plan_splits(plan, query, k_cache.shape[2], max_seq_len, num_splits)
+        if len(plan.splits) >= SPLITS_LIMIT:
+            plan.splits.clear()
+        plan.splits[(max_seq_len, num_splits)] = splits
+
+    partial, lse = out, out  # one split: written directly, the split stride and lse unused
+    if splits.num_splits > 1:
+        partial = torch.empty(batch, num_q_heads, splits.num_splits, head_dim,
+                              dtype=torch.float32, device=query.device)
+        lse = torch.empty(batch, num_q_heads, splits.num_splits, dtype=torch.float32,
+                          device=query.device)
+    _decode_split_kernel[(batch, k_cache.shape[2], splits.num_splits)](
+        query, k_cache, v_cache, block_tables, seq_lens, partial, lse,
+        scale * LOG2_E, *plan.input_strides, *splits.partial_strides, *splits.lse_strides,
+        plan.group, splits.tokens_per_split,
+        **splits.config.launch_kwargs,
+    )
+    if splits.num_splits > 1:
+        _decode_merge_kernel[(batch, num_q_heads)](
+            partial, lse, out, *splits.partial_strides, *splits.lse_strides,
+            *plan.out_strides, splits.num_splits,
+            **plan.merge.launch_kwargs,
+        )
+    return out
+
+
+SPLITS_LIMIT = 4096  # geometries kept per plan (max_seq_len varies when not passed)
+
+
+def _plan_splits(plan: DecodePlan, query: torch.Tensor, num_kv_heads: int,
+                 max_seq_len: int, num_splits: int | None) -> Splits:
+    """Checks max_seq_len against the table and cuts the context into whole tiles."""
     if max_seq_len > plan.capacity:
         raise ValueError(f"seq_lens up to {max_seq_len} exceed the block table's capacity")
-    num_kv_heads = k_cache.shape[2]
+    batch, num_q_heads, head_dim = query.shape
     if num_splits is None:
         num_splits = pick_num_splits(batch, num_kv_heads, max_seq_len, plan.sm_count)
     block_n = plan.partial.constexprs["BLOCK_N"]
     tokens_per_split = -(-max(max_seq_len, 1) // num_splits)
     tokens_per_split = -(-tokens_per_split // block_n) * block_n
     num_splits = max(1, -(-max_seq_len // tokens_per_split))
-
-    out_b, out_h = plan.out_strides
-    if num_splits == 1:  # written directly: the split stride and lse are unused
-        partial, lse, config = out, out, plan.direct
-        partial_strides, lse_strides = (out_b, out_h, 0), (out_b, out_h)
-    else:
-        partial = torch.empty(batch, num_q_heads, num_splits, head_dim,
-                              dtype=torch.float32, device=query.device)
-        lse = torch.empty(batch, num_q_heads, num_splits, dtype=torch.float32,
-                          device=query.device)
-        config = plan.partial
-        partial_strides = (num_q_heads * num_splits * head_dim, num_splits * head_dim,
-                           head_dim)
-        lse_strides = (num_q_heads * num_splits, num_splits)
-    _decode_split_kernel[(batch, num_kv_heads, num_splits)](
-        query, k_cache, v_cache, block_tables, seq_lens, partial, lse,
-        scale * LOG2_E, *plan.input_strides, *partial_strides, *lse_strides,
-        plan.group, tokens_per_split,
-        **config.launch_kwargs,
+    if num_splits == 1:
+        out_b, out_h = plan.out_strides
+        return Splits(1, tokens_per_split, plan.direct, partial_strides=(out_b, out_h, 0),
+                      lse_strides=(out_b, out_h))
+    return Splits(
+        num_splits, tokens_per_split, plan.partial,
+        partial_strides=(num_q_heads * num_splits * head_dim, num_splits * head_dim, head_dim),
+        lse_strides=(num_q_heads * num_splits, num_splits),
     )
-    if num_splits > 1:
-        _decode_merge_kernel[(batch, num_q_heads)](
-            partial, lse, out, *partial_strides, *lse_strides, out_b, out_h, num_splits,
-            **plan.merge.launch_kwargs,
-        )
-    return out
 
 
 def bytes_moved(query: torch.Tensor, k_cache: torch.Tensor, seq_lens: torch.Tensor) -> int:

@@ -12,6 +12,7 @@ head counts are runtime values.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -156,14 +157,31 @@ def _check_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
         launch.check_last_contiguous(name, t)
 
 
-_store_plans: launch.PlanCache[launch.KernelConfig] = launch.PlanCache()
+def _cache_strides(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor) -> tuple[int, ...]:
+    """The kernels' stride arguments of key, value and the two caches, in their order."""
+    return (*key.stride()[:2], *value.stride()[:2], *k_cache.stride()[:3],
+            *v_cache.stride()[:3])
+
+
+@dataclass(frozen=True)
+class StorePlan:
+    """What one argument signature fixes: checked once, reused while it repeats."""
+
+    config: launch.KernelConfig
+    grid: tuple[int]  # (tokens,); 0: nothing to launch
+    args: tuple[int, ...]  # every argument after the tensors: strides, head counts
+
+
+_store_plans: launch.PlanCache[StorePlan] = launch.PlanCache()
 
 
 def _check_store(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> launch.KernelConfig:
+                 v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> StorePlan:
     launch.check_device(_store_kv_kernel, key, value, k_cache, v_cache, slot_mapping)
     _check_cache(key, value, k_cache, v_cache, slot_mapping)
-    return store_config(key.shape[2], k_cache.shape[1])
+    return StorePlan(store_config(key.shape[2], k_cache.shape[1]), grid=(key.shape[0],),
+                     args=(*_cache_strides(key, value, k_cache, v_cache), key.shape[1]))
 
 
 def store_kv(
@@ -173,30 +191,25 @@ def store_kv(
     v_cache: torch.Tensor,  # [N, bs, Hkv, D]
     slot_mapping: torch.Tensor,  # [T] int32/int64, slot of each token (< 0: skip)
 ) -> None:
-    config = _store_plans.get(
+    plan = _store_plans.get(
         launch.signature(key, value, k_cache, v_cache, slot_mapping),
         lambda: _check_store(key, value, k_cache, v_cache, slot_mapping),
     )
-    num_tokens, num_heads = key.shape[0], key.shape[1]
-    if num_tokens == 0:
+    if plan.grid[0] == 0:
         return
-    _store_kv_kernel[(num_tokens,)](
-        key, value, k_cache, v_cache, slot_mapping.contiguous(),
-        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        num_heads,
-        **config.launch_kwargs,
+    _store_kv_kernel[plan.grid](
+        key, value, k_cache, v_cache, slot_mapping.contiguous(), *plan.args,
+        **plan.config.launch_kwargs,
     )
 
 
-_rope_plans: launch.PlanCache[launch.KernelConfig] = launch.PlanCache()
+_rope_plans: launch.PlanCache[StorePlan] = launch.PlanCache()
 
 
 def _check_rope(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
                 positions: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor) -> launch.KernelConfig:
+                sin: torch.Tensor) -> StorePlan:
     launch.check_device(_rope_store_kv_kernel, query, key, value, k_cache, v_cache,
                         slot_mapping, positions, cos, sin)
     _check_cache(key, value, k_cache, v_cache, slot_mapping)
@@ -214,7 +227,11 @@ def _check_rope(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             raise ValueError(f"{name} {tuple(table.shape)} must be [max_pos, {head_dim}]")
         launch.check_float(name, table)
         launch.check_last_contiguous(name, table)
-    return rope_config(head_dim, k_cache.shape[1])
+    return StorePlan(
+        rope_config(head_dim, k_cache.shape[1]), grid=(num_tokens,),
+        args=(*query.stride()[:2], *_cache_strides(key, value, k_cache, v_cache),
+              cos.stride(0), sin.stride(0), query.shape[1], key.shape[1]),
+    )
 
 
 def rope_store_kv(
@@ -228,23 +245,16 @@ def rope_store_kv(
     cos: torch.Tensor,  # [max_pos, D], Hugging Face layout (both halves)
     sin: torch.Tensor,  # [max_pos, D]
 ) -> None:
-    config = _rope_plans.get(
+    plan = _rope_plans.get(
         launch.signature(query, key, value, k_cache, v_cache, slot_mapping, positions, cos,
                          sin),
         lambda: _check_rope(query, key, value, k_cache, v_cache, slot_mapping, positions,
                             cos, sin),
     )
-    num_tokens = key.shape[0]
-    if num_tokens == 0:
+    if plan.grid[0] == 0:
         return
-    _rope_store_kv_kernel[(num_tokens,)](
+    _rope_store_kv_kernel[plan.grid](
         query, key, value, k_cache, v_cache, slot_mapping.contiguous(), positions.contiguous(),
-        cos, sin,
-        query.stride(0), query.stride(1), key.stride(0), key.stride(1),
-        value.stride(0), value.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        cos.stride(0), sin.stride(0),
-        query.shape[1], key.shape[1],
-        **config.launch_kwargs,
+        cos, sin, *plan.args,
+        **plan.config.launch_kwargs,
     )

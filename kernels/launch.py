@@ -87,9 +87,12 @@ def check_output(name: str, out: torch.Tensor, like: torch.Tensor,
 
 
 def signature(*tensors: torch.Tensor | None) -> tuple[Hashable, ...]:
-    """Everything a launcher's checks read of its tensors: shape, strides, dtype, device."""
-    return tuple(None if t is None else (t.shape, t.stride(), t.dtype, t.device)
-                 for t in tensors)
+    """Everything a launcher's checks and plan read of its tensors: shape, strides, dtype,
+    device. (A plain loop: a generator costs more than the key on a launcher's hot path.)"""
+    key: list[Hashable] = []
+    for t in tensors:
+        key.append(None if t is None else (t.shape, t.stride(), t.dtype, t.device))
+    return tuple(key)
 
 
 _PLAN_CACHES: list[PlanCache[Any]] = []
@@ -97,7 +100,9 @@ _PLAN_CACHES: list[PlanCache[Any]] = []
 
 class PlanCache(Generic[Plan]):
     """A launcher's plans by argument signature: checks and configuration run once per
-    signature. A signature whose checks raised is never stored, so it raises every time."""
+    signature, and the plan keeps all they derive (tile config, grid, stride arguments),
+    so a repeated call is this lookup and the launch. A signature whose checks raised is
+    never stored, so it raises every time."""
 
     def __init__(self, limit: int = 4096):
         self.limit = limit

@@ -55,8 +55,14 @@ def rms_norm_config(hidden_size: int, has_residual: bool) -> launch.KernelConfig
 
 @dataclass(frozen=True)
 class NormPlan:
+    """What one argument signature fixes: checked once, reused while it repeats."""
+
     config: launch.KernelConfig
     out_dtype: torch.dtype
+    grid: tuple[int]  # (0,) for no rows: nothing to launch
+    num_rows: int
+    reshape: bool  # x (or residual) is not a view as [R, H]: the launch passes a copy
+    strides: tuple[int, int, int, int]  # rows of x, residual, out, residual_out
 
 
 _plans: launch.PlanCache[NormPlan] = launch.PlanCache()
@@ -86,7 +92,20 @@ def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None,
     for name, output in (("out", out), ("residual_out", residual_out)):
         if output is not None and not output.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
-    return NormPlan(rms_norm_config(hidden_size, residual is not None), out_dtype)
+    config = rms_norm_config(hidden_size, residual is not None)
+    num_rows = x2.shape[0]
+    # outputs are contiguous (checked, or allocated so), rows hidden_size apart; without
+    # a residual the kernel writes no residual_out and x stands in for it
+    residual_out_stride = x2.stride(0) if residual is None else hidden_size
+    return NormPlan(
+        config, out_dtype, grid=(launch.cdiv(num_rows, config.constexprs["ROWS"]),),
+        num_rows=num_rows, reshape=not (_is_view(x, x2) and _is_view(residual, r2)),
+        strides=(x2.stride(0), r2.stride(0), hidden_size, residual_out_stride),
+    )
+
+
+def _is_view(t: torch.Tensor | None, rows: torch.Tensor) -> bool:
+    return t is None or rows.data_ptr() == t.data_ptr()
 
 
 def rms_norm(
@@ -99,24 +118,24 @@ def rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (normed, new_residual: x without a residual)
     plan = _plans.get(launch.signature(x, weight, residual, out, residual_out),
                       lambda: _check(x, weight, residual, out, residual_out))
-    hidden_size = x.shape[-1]
-    x2 = x.reshape(-1, hidden_size)  # [R, H]; a view where x allows it
-    r2 = x2 if residual is None else residual.reshape(-1, hidden_size)
     if out is None:
         out = torch.empty(x.shape, dtype=plan.out_dtype, device=x.device)
     if residual is None:
-        residual_out, new_residual = x, x2  # the kernel writes no residual
-    else:
-        if residual_out is None:
-            residual_out = torch.empty_like(x)
-        new_residual = residual_out.view(-1, hidden_size)
-    out2 = out.view(-1, hidden_size)  # [R, H]
-    num_rows, rows = x2.shape[0], plan.config.constexprs["ROWS"]
-    if num_rows > 0:
-        _rms_norm_kernel[(launch.cdiv(num_rows, rows),)](
-            x2, r2, weight.contiguous(), out2, new_residual,
-            x2.stride(0), r2.stride(0), out2.stride(0), new_residual.stride(0),
-            num_rows, hidden_size, eps,
+        residual_out = x  # the kernel writes no residual
+    elif residual_out is None:
+        residual_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if plan.num_rows > 0:
+        # rows are read through the plan's strides: x itself where it is a view of its
+        # rows (the plan checked), else the reshaped copy
+        hidden_size = x.shape[-1]
+        x_rows = x.reshape(-1, hidden_size) if plan.reshape else x
+        r_rows, r_out = x_rows, x_rows  # no residual: neither is read or written
+        if residual is not None:
+            r_rows = residual.reshape(-1, hidden_size) if plan.reshape else residual
+            r_out = residual_out
+        _rms_norm_kernel[plan.grid](
+            x_rows, r_rows, weight.contiguous(), out, r_out,
+            *plan.strides, plan.num_rows, hidden_size, eps,
             **plan.config.launch_kwargs,
         )
     return out, residual_out

@@ -9,6 +9,7 @@ count are runtime values, so a model compiles one variant per dtype.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -41,10 +42,20 @@ def silu_and_mul_config(intermediate: int) -> launch.KernelConfig:
     return launch.KernelConfig(dict(BLOCK=block), num_warps=max(1, min(4, block // 256)))
 
 
-_plans: launch.PlanCache[launch.KernelConfig] = launch.PlanCache()
+@dataclass(frozen=True)
+class SiluPlan:
+    """What one argument signature fixes: checked once, reused while it repeats."""
+
+    config: launch.KernelConfig
+    grid: tuple[int, int]  # (tokens, column blocks); empty when either is 0
+    intermediate: int
+    strides: tuple[int, int]  # rows of x, and of out (or the contiguous [T, I] it will be)
 
 
-def _check(x: torch.Tensor, out: torch.Tensor | None) -> launch.KernelConfig:
+_plans: launch.PlanCache[SiluPlan] = launch.PlanCache()
+
+
+def _check(x: torch.Tensor, out: torch.Tensor | None) -> SiluPlan:
     launch.check_device(_silu_and_mul_kernel, x)
     launch.check_float("x", x)
     if x.dim() != 2 or x.shape[1] % 2:
@@ -57,22 +68,24 @@ def _check(x: torch.Tensor, out: torch.Tensor | None) -> launch.KernelConfig:
             raise ValueError(f"out {tuple(out.shape)} {out.dtype} {out.device} must be "
                              f"{shape} {x.dtype} {x.device}")
         launch.check_last_contiguous("out", out)
-    return silu_and_mul_config(intermediate)
+    config = silu_and_mul_config(intermediate)
+    return SiluPlan(
+        config, grid=(num_tokens, launch.cdiv(intermediate, config.constexprs["BLOCK"])),
+        intermediate=intermediate,
+        strides=(x.stride(0), intermediate if out is None else out.stride(0)),
+    )
 
 
 def silu_and_mul(
     x: torch.Tensor,  # [T, 2I]: gate | up
     out: torch.Tensor | None = None,  # [T, I] in x's dtype (else allocated)
 ) -> torch.Tensor:  # [T, I]
-    config = _plans.get(launch.signature(x, out), lambda: _check(x, out))
-    num_tokens, intermediate = x.shape[0], x.shape[1] // 2
+    plan = _plans.get(launch.signature(x, out), lambda: _check(x, out))
     if out is None:
-        out = torch.empty(num_tokens, intermediate, dtype=x.dtype, device=x.device)
-    if num_tokens == 0 or intermediate == 0:
-        return out
-    block = config.constexprs["BLOCK"]
-    _silu_and_mul_kernel[(num_tokens, launch.cdiv(intermediate, block))](
-        x, out, x.stride(0), out.stride(0), intermediate,
-        **config.launch_kwargs,
-    )
+        out = torch.empty(x.shape[0], plan.intermediate, dtype=x.dtype, device=x.device)
+    if plan.grid[0] and plan.grid[1]:
+        _silu_and_mul_kernel[plan.grid](
+            x, out, *plan.strides, plan.intermediate,
+            **plan.config.launch_kwargs,
+        )
     return out

@@ -216,3 +216,108 @@ def test_tile_tables():
             for dtype in (torch.float32, torch.float16, torch.bfloat16):
                 decode = decode_attention.decode_tiles(head_pad, dtype, capability)
                 assert decode.block_n >= 16 and decode.block_n & (decode.block_n - 1) == 0
+
+
+# ---- plans: what a repeated signature reuses ------------------------------------------------
+
+
+def _strided_rows(tokens: int, heads: int, dim: int) -> torch.Tensor:
+    """[tokens, heads, dim] rows ``2 * heads * dim`` apart: not a view as [tokens * heads,
+    dim] (rms_norm must copy), a view of its rows per token (the other ops read it so)."""
+    return torch.randn(tokens, 2 * heads, dim)[:, :heads]
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="runs the kernels on the CPU (interpreter)")
+def test_plans_reused_across_new_data_compute_as_the_reference():
+    """Each op twice per signature with fresh data, contiguous and strided: the second call
+    runs on the plan the first stored (its grid, strides, split geometry), and both match
+    the torch twins."""
+    from binbaton.kernels import reference
+
+    launch.clear_plans()
+    tokens, heads, dim, page = 5, 2, 8, 4
+    for _ in range(2):
+        for x in (torch.randn(tokens, heads, dim), _strided_rows(tokens, heads, dim)):
+            weight, residual = torch.randn(dim), torch.randn(tokens, heads, dim)
+            for res in (None, residual):
+                got = triton_ops.rms_norm(x, weight, 1e-6, res)
+                want = reference.rms_norm(x, weight, 1e-6, res)
+                for g, w in zip(got, want, strict=True):
+                    torch.testing.assert_close(g, w)
+            gate_up = torch.randn(tokens, 2 * 24)
+            torch.testing.assert_close(triton_ops.silu_and_mul(gate_up),
+                                       reference.silu_and_mul(gate_up))
+
+            caches = [torch.zeros(8, page, heads, dim) for _ in range(4)]
+            slots, positions = torch.randperm(32)[:tokens], torch.randint(0, 64, (tokens,))
+            cos, sin = torch.randn(64, dim), torch.randn(64, dim)
+            q, k, v = x.clone(), torch.randn(tokens, heads, dim), torch.randn(tokens, heads, dim)
+            q_ref, k_ref = q.clone(), k.clone()
+            triton_ops.rope_store_kv(q, k, v, caches[0], caches[1], slots, positions, cos, sin)
+            reference.rope_store_kv(q_ref, k_ref, v, caches[2], caches[3], slots, positions,
+                                    cos, sin)
+            for got_t, want_t in ((q, q_ref), (k, k_ref), (caches[0], caches[2]),
+                                  (caches[1], caches[3])):
+                torch.testing.assert_close(got_t, want_t)
+
+            tables = torch.randperm(8, dtype=torch.int32).view(2, 4).repeat(3, 1)[:tokens]
+            seq_lens = torch.tensor([16, 3, 9, 1, 12], dtype=torch.int32)
+            want = reference.decode_attention(q, caches[0], caches[1], tables, seq_lens, 0.3)
+            for num_splits in (None, 1, 3):
+                got = triton_ops.decode_attention(q, caches[0], caches[1], tables, seq_lens,
+                                                  0.3, max_seq_len=16, num_splits=num_splits)
+                torch.testing.assert_close(got, want)
+
+
+def test_a_bad_signature_fails_every_call_beside_a_stored_plan(compile_keys):
+    """A plan is stored only for a signature whose checks passed: a bad one raises each
+    time, and a bad max_seq_len raises on a stored plan too."""
+    launch.clear_plans()
+    x, weight = torch.randn(4, 16), torch.randn(16)
+    triton_ops.rms_norm(x, weight, 1e-6)
+    for _ in range(2):
+        with pytest.raises(TypeError, match="x must be one of"):
+            triton_ops.rms_norm(x.to(torch.int32), weight, 1e-6)
+        with pytest.raises(ValueError, match="weight has shape"):
+            triton_ops.rms_norm(x, torch.randn(8), 1e-6)
+        with pytest.raises(ValueError, match="must be \\[T, 2 \\* intermediate\\]"):
+            triton_ops.silu_and_mul(torch.randn(4, 15))
+    model = TinyModel()
+    tables = torch.zeros(2, 3, dtype=torch.int32)  # 3 pages of 16: 48 tokens
+    seq_lens = torch.tensor([40, 7], dtype=torch.int32)
+    query = model.randn(2, model.q_heads, model.head_dim)
+    args = (query, model.k_cache, model.v_cache, tables, seq_lens, 0.125)
+    triton_ops.decode_attention(*args, max_seq_len=40)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="exceed the block table's capacity"):
+            triton_ops.decode_attention(*args, max_seq_len=49)
+        with pytest.raises(TypeError, match="seq_lens must be int32 or int64"):
+            triton_ops.decode_attention(*args[:4], seq_lens.float(), 0.125, max_seq_len=40)
+    assert compile_keys["_decode_split_kernel"].launches == 1
+
+
+def test_a_repeated_call_launches_what_its_first_call_launched(monkeypatch):
+    """The launch a stored plan makes (grid and every argument) is the one a fresh plan
+    makes for the same signature, for every op of a decode layer."""
+    launched = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def record(*args, **kwargs):
+                launched.append((grid, [a.dtype if isinstance(a, torch.Tensor) else a
+                                        for a in args], kwargs))  # fresh tensors each step
+            return record
+
+    for module, names in KERNELS.items():
+        for name in names:
+            monkeypatch.setattr(module, name, Recorder())
+    model = TinyModel()
+    runs = []
+    for clear in (True, False, False):
+        if clear:
+            launch.clear_plans()
+        launched.clear()
+        torch.manual_seed(0)
+        model.decode_step(6, seq_len=300)
+        runs.append(list(launched))
+    assert len(runs[0]) >= 6 and runs[0] == runs[1] == runs[2]
