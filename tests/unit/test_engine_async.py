@@ -70,7 +70,8 @@ async def test_stop_timeout_fails_unfinished_requests(tiny_mistral_dir):
 
 
 async def test_abort_cancels_the_future_frees_the_cache_and_spares_the_rest(tiny_mistral_dir):
-    requests = make_requests(4)
+    # long enough that none of the four can finish while the test polls for "long" decoding
+    requests = make_requests(4, max_tokens=300)
     long = GenerationRequest(id="long", prompt_token_ids=tuple(range(5, 20)),
                              sampling=SamplingParams(max_tokens=400, ignore_eos=True))
     expected = make_engine(tiny_mistral_dir).generate(requests)
