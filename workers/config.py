@@ -20,6 +20,7 @@ from binbaton.schemas.settings import (
     setting,
 )
 from binbaton.schemas.topics import DEFAULT_PREFIX, TopicNames, check_prefix
+from binbaton.service.kafka.attempts import max_attempts_field, state_dir_field
 
 
 def default_worker_id() -> str:
@@ -53,13 +54,8 @@ class WorkerConfig:
         "seconds between commits of the offsets whose results were acknowledged",
         flag="commit-interval", parse=positive_float))
 
-    state_dir: str | None = field(default=None, metadata=setting(
-        "directory of the per-message attempt records that stop a message which kills its "
-        "process (worker, classifier) from being retried forever (default: "
-        "$XDG_STATE_HOME/binbaton, else ~/.local/state/binbaton)"))
-    max_attempts: int = field(default=3, metadata=setting(
-        "deliveries of a message during which the process serving it died, after which it "
-        "is dead-lettered with code `poison`", parse=positive_int))
+    state_dir: str | None = state_dir_field()
+    max_attempts: int = max_attempts_field()
 
     def __post_init__(self) -> None:
         bins = tuple(self.bins)

@@ -14,6 +14,7 @@ from binbaton.schemas.settings import (
     setting,
 )
 from binbaton.service.classifier.bins import BINNERS
+from binbaton.service.kafka.attempts import max_attempts_field, state_dir_field
 from binbaton.service.predictor.learned import DEFAULT_LEARNING_RATE
 from binbaton.service.predictor.registry import PREDICTOR_NAMES
 
@@ -56,13 +57,8 @@ class ClassifierConfig:
         "classifier: requests remembered for learning from their results (LRU)",
         parse=positive_int))
     learn_from_results: bool = True
-    state_dir: str | None = field(default=None, metadata=setting(
-        "directory of the per-message attempt records that stop a message which kills its "
-        "process (worker, classifier) from being retried forever (default: "
-        "$XDG_STATE_HOME/binbaton, else ~/.local/state/binbaton)"))
-    max_attempts: int = field(default=3, metadata=setting(
-        "deliveries of a message during which the process serving it died, after which it "
-        "is dead-lettered with code `poison`", parse=positive_int))
+    state_dir: str | None = state_dir_field()
+    max_attempts: int = max_attempts_field()
 
     def __post_init__(self) -> None:
         if not self.model:

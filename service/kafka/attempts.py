@@ -15,8 +15,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from binbaton.schemas.settings import positive_int, setting
+
+
+def state_dir_field() -> Any:
+    """The ``--state-dir`` field of every config whose process keeps attempt records."""
+    return field(default=None, metadata=setting(
+        "directory of the per-message attempt records that stop a message which kills its "
+        "process (worker, classifier) from being retried forever (default: "
+        "$XDG_STATE_HOME/binbaton, else ~/.local/state/binbaton)"))
+
+
+def max_attempts_field() -> Any:
+    """The ``--max-attempts`` field, beside ``state_dir_field``."""
+    return field(default=3, metadata=setting(
+        "deliveries of a message during which the process serving it died, after which it "
+        "is dead-lettered with code `poison`", parse=positive_int))
 
 
 def default_state_dir() -> Path:
