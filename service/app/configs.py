@@ -76,6 +76,15 @@ def engine_config(values: Values) -> EngineConfig:
     return ENGINE.build(values, device=device, dtype=dtype)
 
 
+def check_service_settings(values: Values) -> None:
+    """Build every config `up`'s processes will build from ``values``, so a bad setting stops
+    `up` (or `demo`) as one line before the broker and the workers start, instead of a
+    worker dying of it."""
+    topics_config(values)
+    classifier_config(values)
+    engine_config(values)
+
+
 def worker_config(values: Values, topics: TopicNames) -> WorkerConfig:
     """The worker's Kafka side: its bins, topic names and flow control."""
     return WORKER.build(values, topic_prefix=topics.prefix)
