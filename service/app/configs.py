@@ -41,8 +41,10 @@ def topics_config(values: Values) -> TopicsConfig:
         return TOPICS.build(values)
     num_bins = len(edges) + 1
     if "bins" in values.given and values["bins"] != num_bins:
-        raise ConfigError(f"--bins {values['bins']} disagrees with --bin-edges {edges} "
-                          f"({num_bins} bins)")
+        bins, shown = values["bins"], ",".join(map(str, edges))
+        raise ConfigError(f"--bins {bins} disagrees with --bin-edges {shown} ({num_bins} bins): "
+                          f"give {bins - 1} edges for {bins} bins, or --bins {num_bins}, "
+                          f"or leave one of them out")
     return TOPICS.build(values, num_bins=num_bins)
 
 
@@ -52,9 +54,10 @@ def default_bin_edges(num_bins: int) -> tuple[int, ...]:
 
 
 def classifier_config(values: Values) -> ClassifierConfig:
+    num_bins = topics_config(values).num_bins  # also checks --bins against --bin-edges
     edges = values.get("bin_edges")
     if edges is None:
-        edges = default_bin_edges(topics_config(values).num_bins)
+        edges = default_bin_edges(num_bins)
     return CLASSIFIER.build(values, bin_edges=edges)
 
 
