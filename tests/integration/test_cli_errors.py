@@ -5,6 +5,7 @@ problem and the fix, exit code 1 (2 for a bad setting), and no traceback unless
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -131,7 +132,18 @@ def test_models_that_cannot_load_and_a_metrics_port_in_use(
     """Commands that import torch and transformers (several seconds each on 2 cores)."""
     empty = tmp_path / "empty-model"
     empty.mkdir()
+    no_weights = tmp_path / "no-weights"  # config.json and tokenizer, no *.safetensors
+    no_tokenizer = tmp_path / "no-tokenizer"  # config.json and weights, no tokenizer
+    for folder in (no_weights, no_tokenizer):
+        shutil.copytree(tiny_llama_dir, folder)
+    for stale in no_weights.glob("*.safetensors*"):
+        stale.unlink()
+    for stale in no_tokenizer.glob("tokenizer*"):
+        stale.unlink()
+    not_gguf = tmp_path / "broken.gguf"
+    not_gguf.write_bytes(b"not a gguf file")
     nobody = str(free_port())
+    kafka = ["--bootstrap-servers", broker, "--topic-prefix", f"t.models.{nobody}"]
     hf_home = str(tmp_path / "hf")
     check([
         Case("model path missing", ["predict", "--model", str(tmp_path / "nowhere")], 1,
@@ -159,6 +171,19 @@ def test_models_that_cannot_load_and_a_metrics_port_in_use(
               "--kv-budget-tokens", "10"], 2,
              ("--kv-budget-tokens ($BINBATON_KV_BUDGET_TOKENS)", "--block-size",
               "kv_budget_tokens 10 holds less than one block")),
+        Case("no weights under up", ["up", "--model", str(no_weights), "--broker-port", nobody],
+             1, ("has a config.json but no *.safetensors weights",)),
+        Case("no weights under worker", ["worker", "--bins", "0", "--model", str(no_weights),
+                                         *kafka], 1,
+             ("has a config.json but no *.safetensors weights",)),
+        Case("no tokenizer under classifier", ["classifier", "--model", str(no_tokenizer),
+                                               *kafka], 1,
+             (f"cannot load the tokenizer of {no_tokenizer}", "tokenizer.json")),
+        Case("not a gguf under up", ["up", "--model", str(not_gguf), "--broker-port", nobody],
+             1, (f"{not_gguf} is not a GGUF file", "give a complete, valid .gguf file")),
+        Case("not a gguf under worker", ["worker", "--bins", "0", "--model", str(not_gguf),
+                                         *kafka], 1,
+             (f"cannot read the model config of {not_gguf}", "valid .gguf file")),
         Case("hub id, HF_HUB_OFFLINE", ["predict", "--model", "someone/no-such-model"], 1,
              ("not in the Hugging Face cache", "HF_HUB_OFFLINE is set", "give a local"),
              env={"HF_HUB_OFFLINE": "1", "HF_HOME": hf_home}),

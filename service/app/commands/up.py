@@ -10,7 +10,7 @@ from binbaton.service.app.flags import Section, Values
 from binbaton.service.app.sections import SERVICE
 from binbaton.service.app.signals import run_until_signal
 from binbaton.service.app.supervisor import SupervisorConfig, up
-from binbaton.workers.engine.loader import resolve_model
+from binbaton.workers.engine.loader import check_model
 
 SECTIONS = (*SERVICE, Section(SupervisorConfig))  # also `binbaton demo`'s
 
@@ -19,7 +19,7 @@ def run(args: argparse.Namespace, values: Values) -> int:
     # Bad settings, then a model that cannot load, stop `up` here, before the broker and
     # the workers start (one line from the dispatcher, instead of one per process).
     check_service_settings(values)
-    resolve_model(values["model"])
+    check_model(values["model"])
     return run_until_signal(lambda stop, abort: up(values, stop, abort))
 
 
