@@ -195,3 +195,18 @@ def test_models_that_cannot_load_and_a_metrics_port_in_use(
                                      f"t.metrics.{nobody}", "--metrics-port", str(listening)],
              1, (f"metrics port {listening}", "is in use", "--metrics-port")),
     ])
+
+
+def test_results_name_what_is_missing(broker: str) -> None:
+    """`results` says which ids got no result in time, and that a topic is missing."""
+    prefix = f"t.results.{free_port()}"
+    subprocess.run([BINBATON, "topics", "--bootstrap-servers", broker, "--topic-prefix", prefix],
+                   check=True, capture_output=True, timeout=60)
+    check([
+        Case("no result in time", ["results", "--id", "nope", "--timeout", "1",
+                                   "--bootstrap-servers", broker, "--topic-prefix", prefix], 1,
+             ("no result for nope within --timeout", "check the id")),
+        Case("no results topic", ["results", "--bootstrap-servers", broker, "--topic-prefix",
+                                  f"{prefix}.absent"], 1,
+             (f"topic {prefix}.absent.results does not exist", "check --topic-prefix")),
+    ])
