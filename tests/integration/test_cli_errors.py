@@ -197,8 +197,9 @@ def test_models_that_cannot_load_and_a_metrics_port_in_use(
     ])
 
 
-def test_results_name_what_is_missing(broker: str) -> None:
-    """`results` says which ids got no result in time, and that a topic is missing."""
+def test_clients_name_what_is_missing(broker: str) -> None:
+    """`results` says which ids got no result in time; `results` and `produce` say that
+    their topic is missing (produce would otherwise create it, and nothing reads it)."""
     prefix = f"t.results.{free_port()}"
     subprocess.run([BINBATON, "topics", "--bootstrap-servers", broker, "--topic-prefix", prefix],
                    check=True, capture_output=True, timeout=60)
@@ -209,4 +210,7 @@ def test_results_name_what_is_missing(broker: str) -> None:
         Case("no results topic", ["results", "--bootstrap-servers", broker, "--topic-prefix",
                                   f"{prefix}.absent"], 1,
              (f"topic {prefix}.absent.results does not exist", "check --topic-prefix")),
+        Case("no requests topic", ["produce", "--prompt", "hi", "--bootstrap-servers", broker,
+                                   "--topic-prefix", f"{prefix}.absent"], 1,
+             (f"topic {prefix}.absent.requests does not exist", "`binbaton up`")),
     ])

@@ -103,10 +103,16 @@ def one_request(args: argparse.Namespace) -> Request:
         raise ConfigError(str(exc)) from exc
 
 
+REQUESTS_WAIT_S = 5.0  # how long produce waits for the requests topic (up creating it)
+
+
 def run(args: argparse.Namespace, values: Values) -> int:
     messages = messages_of(args)  # a usage or file problem first, before the broker's
     kafka = kafka_config(values, client_id="binbaton-client")
     topic = TOPICS.part("prefix").build(values).requests
+    # Producing creates a missing topic on the embedded broker (and on Kafka with
+    # auto-create): nothing would ever read it, so a wrong prefix must not pass silently.
+    asyncio.run(client.wait_for_topic(kafka.bootstrap_servers, topic, timeout=REQUESTS_WAIT_S))
     sent = asyncio.run(client.produce(kafka, topic, messages, paced=args.trace is not None,
                                       tracing_config=TRACING.build(values)))
     for message in messages:
