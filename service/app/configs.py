@@ -64,10 +64,27 @@ def classifier_config(values: Values) -> ClassifierConfig:
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when a CUDA device is visible, else 'cpu'."""
     if device != AUTO:
+        check_cuda(device)
         return device
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_cuda(device: str) -> None:
+    """A CUDA device this machine does not have is a setting to fix (`up` would start no
+    worker at all, a worker would die with torch's traceback)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(device.partition(":")[2] or 0) < count:
+        return
+    built = "" if torch.backends.cuda.is_built() else ", a torch built without CUDA"
+    others = f" or cuda:0 to cuda:{count - 1}" if count else ""
+    raise ConfigError(f"--device {device}: this machine has {count} CUDA device(s){built}; "
+                      f"give --device auto or cpu{others}")
 
 
 def engine_config(values: Values) -> EngineConfig:
@@ -76,6 +93,14 @@ def engine_config(values: Values) -> EngineConfig:
     dtype = values.get("dtype") or AUTO
     if dtype == AUTO:
         dtype = "float32" if device == "cpu" else "bfloat16"
+    if values.get("kernel_backend") == "triton":
+        import torch
+        from binbaton.kernels.ops import triton_available
+
+        if not triton_available(torch.device(device)):
+            raise ConfigError(f"--kernel-backend triton needs triton and a CUDA device (or "
+                              f"TRITON_INTERPRET=1 on the CPU), and the device is {device}: "
+                              f"give --kernel-backend auto or torch")
     return ENGINE.build(values, device=device, dtype=dtype)
 
 

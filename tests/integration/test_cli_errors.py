@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from binbaton.service.kafka.broker import free_port
 
 BINBATON = str(Path(sys.executable).with_name("binbaton"))
+CUDA_DEVICES = torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,14 @@ def test_ports_brokers_and_settings(broker: str, listening: int) -> None:
              ("is not an Azure LLM trace CSV (no column TIMESTAMP)", "it needs the columns")),
         Case("no request source, before any broker", ["produce", "--broker-port", nobody], 2,
              ("give exactly one of --prompt, --chat, --file, --trace",)),
+        Case("a CUDA device this machine lacks", ["up", "--model", "unused", "--device",
+                                                  f"cuda:{CUDA_DEVICES}"], 2,
+             (f"--device cuda:{CUDA_DEVICES}: this machine has {CUDA_DEVICES} CUDA device(s)",
+              "give --device auto or cpu")),
+        Case("triton kernels on the CPU", ["up", "--model", "unused", "--device", "cpu",
+                                           "--kernel-backend", "triton"], 2,
+             ("--kernel-backend triton needs triton and a CUDA device",
+              "give --kernel-backend auto or torch"), env={"TRITON_INTERPRET": "0"}),
         Case("unknown option", ["up", "--bogus"], 2,
              ("unrecognized arguments: --bogus", "`binbaton up --help` lists the options")),
         Case("option without its value", ["worker", "--bins", "0", "--max-batch"], 2,
