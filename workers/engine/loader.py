@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from binbaton.kernels.ops import KernelOps
-from binbaton.schemas.settings import UserError
+from binbaton.schemas.settings import ConfigError, UserError
 from binbaton.workers.engine.model import CausalLM, ModelShape, Rotary
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -366,15 +366,16 @@ def context_length(config: PretrainedConfig, cap: int | None) -> int:
     uses_window = getattr(config, "use_sliding_window", True)  # Qwen2/3 gate it
     if window is not None and uses_window and window < length:
         if cap is not None and cap > window:
-            raise ValueError(
-                f"max_model_len {cap} exceeds the model's sliding window {window}; "
-                "sliding-window attention beyond the window is not supported"
+            raise ConfigError(
+                f"--max-model-len {cap} exceeds the model's sliding window {window} "
+                f"(attention beyond the window is not supported): give at most {window}"
             )
         log.warning("serving at most %d tokens per sequence (the sliding window)", window)
         length = window
     if cap is not None:
         if cap > length:
-            raise ValueError(f"max_model_len {cap} exceeds the model's context {length}")
+            raise ConfigError(f"--max-model-len {cap} exceeds the model's context {length}: "
+                              f"give at most {length}, or leave it out")
         length = cap
     return length
 
