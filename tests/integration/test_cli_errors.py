@@ -125,6 +125,8 @@ def test_ports_brokers_and_settings(broker: str, listening: int) -> None:
                                            "--kernel-backend", "triton"], 2,
              ("--kernel-backend triton needs triton and a CUDA device",
               "give --kernel-backend auto or torch"), env={"TRITON_INTERPRET": "0"}),
+        Case("not a port", ["broker", "--broker-port", "70000"], 2,
+             ("--broker-port='70000': must be a TCP port, 1 to 65535",)),
         Case("unknown option", ["up", "--bogus"], 2,
              ("unrecognized arguments: --bogus", "`binbaton up --help` lists the options")),
         Case("option without its value", ["worker", "--bins", "0", "--max-batch"], 2,
