@@ -4,6 +4,9 @@ equal-mass default edges, and the engine's ``auto`` device and dtype."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 from binbaton.schemas.settings import ConfigError
 from binbaton.schemas.topics import TopicNames
 from binbaton.service.app.flags import Values
@@ -94,10 +97,9 @@ def engine_config(values: Values) -> EngineConfig:
     if dtype == AUTO:
         dtype = "float32" if device == "cpu" else "bfloat16"
     if values.get("kernel_backend") == "triton":
-        import torch
-        from binbaton.kernels.ops import triton_available
-
-        if not triton_available(torch.device(device)):
+        # As kernels.ops.triton_available decides, without importing torch or triton here.
+        usable = device.startswith("cuda") or os.environ.get("TRITON_INTERPRET") == "1"
+        if not usable or importlib.util.find_spec("triton") is None:
             raise ConfigError(f"--kernel-backend triton needs triton and a CUDA device (or "
                               f"TRITON_INTERPRET=1 on the CPU), and the device is {device}: "
                               f"give --kernel-backend auto or torch")
