@@ -13,12 +13,13 @@ import traceback
 from collections.abc import Sequence
 
 from binbaton.schemas.settings import UserError
+from binbaton.service.app.command import Parser
 from binbaton.service.app.commands import SUMMARIES, module_of
 from binbaton.service.app.flags import Flag
 
 
 def overview() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="binbaton",
         description="LLM inference fed by Kafka: multi-bin batching with mid-flight insertion.",
         epilog="Every --flag also reads $BINBATON_<FLAG>. More: binbaton COMMAND --help.",

@@ -6,11 +6,20 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from binbaton.service.app.commands import SUMMARIES
 from binbaton.service.app.flags import Flag, Section, Values, add_flags, merge, resolve
 from binbaton.service.app.logs import LogConfig, setup_logging
+
+
+class Parser(argparse.ArgumentParser):
+    """A command line it cannot parse (an unknown option, a missing or malformed value) ends
+    as one line naming the problem and where the options are listed, exit code 2, rather
+    than argparse's whole usage block above the problem."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` lists the options)\n")
 
 
 @dataclass(frozen=True)
@@ -25,8 +34,7 @@ class Command:
         return merge(self.sections)
 
     def parser(self) -> argparse.ArgumentParser:
-        parser = argparse.ArgumentParser(prog=f"binbaton {self.name}",
-                                         description=SUMMARIES[self.name])
+        parser = Parser(prog=f"binbaton {self.name}", description=SUMMARIES[self.name])
         add_flags(parser, self.flags)
         if self.add_arguments is not None:
             self.add_arguments(parser)

@@ -40,7 +40,7 @@ import msgspec
 import numpy as np
 from binbaton.schemas.messages import ChatMessage, Request, Result
 from binbaton.schemas.topics import TopicNames
-from binbaton.service.app.configs import kafka_config
+from binbaton.service.app.configs import check_service_settings, kafka_config
 from binbaton.service.app.flags import Values
 from binbaton.service.app.supervisor import up
 from binbaton.service.app.workload import (
@@ -221,6 +221,7 @@ async def run_demo(values: Values, stop: asyncio.Event, kind: str = "prompts",
                    max_tokens: int | None = None) -> int:
     workload = build_workload(kind, requests, time_scale, max_tokens)
     settings = demo_settings(values, workload, kind)
+    check_service_settings(settings)
     source = PROMPT_SLICE.name if kind == "prompts" else TRACE_SLICE.name
     print(f"binbaton demo: {len(workload)} requests from {source} over "
           f"{workload[-1].at_s:.0f} s, model {settings['model']}, predictor "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -151,7 +152,13 @@ class Section(Generic[C]):
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{self.config.__name__}: {exc}") from exc
+            raise ConfigError(f"{_named(flags, str(exc)) or self.config.__name__}: {exc}") from exc
+
+
+def _named(flags: Iterable[Flag], message: str) -> str:
+    """The flags (and variables) whose fields a config's own error message names."""
+    return ", ".join(f"{flag.option} (${flag.env})" for flag in flags
+                     if re.search(rf"\b{flag.field}\b", message))
 
 
 def _without_none(hint: Any) -> Any:

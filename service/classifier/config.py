@@ -65,7 +65,9 @@ class ClassifierConfig:
             raise ConfigError("the classifier needs --model (its tokenizer decides prompt lengths)")
         edges = self.bin_edges
         if any(e < 1 for e in edges) or any(b <= a for a, b in itertools.pairwise(edges)):
-            raise ConfigError(f"bin edges must be increasing positive integers, got {edges}")
+            shown = ",".join(map(str, edges))
+            raise ConfigError(f"--bin-edges must be increasing positive integers (upper edges "
+                              f"in predicted tokens, e.g. 64,256), got {shown}")
         for name in ("max_tokens_limit", "batch_size", "poll_timeout_ms", "max_request_bytes",
                      "observe_cache", "max_attempts"):
             if getattr(self, name) < 1:

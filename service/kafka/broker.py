@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from binbaton.schemas.settings import PortInUse, UserError, positive_int, setting
+from binbaton.schemas.settings import PortInUse, UserError, setting, tcp_port
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
@@ -30,7 +30,7 @@ DEFAULT_PORT = 9092
 @dataclass(frozen=True)
 class BrokerConfig:
     port: int = field(default=DEFAULT_PORT, metadata=setting(
-        "port of the embedded broker", flag="broker-port", parse=positive_int))
+        "port of the embedded broker", flag="broker-port", parse=tcp_port))
 
 
 class BrokerError(UserError, RuntimeError):

@@ -27,6 +27,7 @@ from binbaton.schemas.codec import (
     recover_id,
 )
 from binbaton.schemas.messages import ChatMessage, Request, Result
+from binbaton.schemas.settings import UserError
 from binbaton.schemas.topics import TopicNames, prefix_of
 from binbaton.service.kafka.config import KafkaConfig
 from binbaton.service.kafka.topics import existing_partitions
@@ -145,6 +146,10 @@ async def produce(
             await asyncio.to_thread(telemetry.shutdown)
 
 
+class MissingTopic(UserError):
+    """A topic a client reads is not there (no service started, or another prefix)."""
+
+
 async def wait_for_topic(bootstrap_servers: str, topic: str, timeout: float = 15.0) -> int:
     """Partition count of ``topic`` once it exists (without auto-creating it)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="binbaton-client")
@@ -156,7 +161,10 @@ async def wait_for_topic(bootstrap_servers: str, topic: str, timeout: float = 15
             if topic in found:
                 return found[topic]
             if time.monotonic() > deadline:
-                raise RuntimeError(f"topic {topic} does not exist (run `binbaton topics`)")
+                raise MissingTopic(
+                    f"topic {topic} does not exist at {bootstrap_servers} (waited {timeout:.0f} s):"
+                    f" start the service (`binbaton up`) or create the topics (`binbaton "
+                    f"topics`), or check --topic-prefix")
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
@@ -188,7 +196,11 @@ class ResultFollower:
         kwargs["auto_offset_reset"] = "earliest" if self.from_beginning else "latest"
         self._consumer = AIOKafkaConsumer(**kwargs)
         await self._consumer.start()
-        partitions = await self._partitions()
+        try:
+            partitions = await self._partitions()
+        except BaseException:
+            await self.stop()  # __aexit__ does not run when __aenter__ raises
+            raise
         self._consumer.assign(partitions)
         if self.from_beginning:
             await self._consumer.seek_to_beginning(*partitions)

@@ -5,6 +5,7 @@ problem and the fix, exit code 1 (2 for a bad setting), and no traceback unless
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from binbaton.service.kafka.broker import free_port
 
 BINBATON = str(Path(sys.executable).with_name("binbaton"))
+CUDA_DEVICES = torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,36 @@ def test_ports_brokers_and_settings(broker: str, listening: int) -> None:
              ("BINBATON_PARTITIONS",), env={"BINBATON_PARTITIONS": "zero"}),
         Case("--bins disagrees with --bin-edges",
              ["topics", "--bins", "3", "--bin-edges", "64", "--bootstrap-servers", broker], 2,
-             ("--bins 3 disagrees with --bin-edges", "2 bins")),
+             ("--bins 3 disagrees with --bin-edges 64 (2 bins)", "give 2 edges for 3 bins",
+              "or --bins 2")),
+        Case("--bins disagrees with --bin-edges in predict",
+             ["predict", "--bins", "3", "--bin-edges", "64", "--model", "unused"], 2,
+             ("--bins 3 disagrees with --bin-edges 64 (2 bins)",)),
+        Case("bin edges out of order", ["predict", "--model", "unused"], 2,
+             ("--bin-edges must be increasing positive integers", "got 5,3"),
+             env={"BINBATON_BIN_EDGES": "5,3"}),
+        Case("--file missing", ["produce", "--file", "/no/such/requests.jsonl",
+                                "--broker-port", nobody], 1,
+             ("cannot read --file /no/such/requests.jsonl: No such file or directory",
+              "give a file of Request JSON lines")),
+        Case("--trace not a trace", ["produce", "--trace", __file__, "--broker-port", nobody], 1,
+             ("is not an Azure LLM trace CSV (no column TIMESTAMP)", "it needs the columns")),
+        Case("no request source, before any broker", ["produce", "--broker-port", nobody], 2,
+             ("give exactly one of --prompt, --chat, --file, --trace",)),
+        Case("a CUDA device this machine lacks", ["up", "--model", "unused", "--device",
+                                                  f"cuda:{CUDA_DEVICES}"], 2,
+             (f"--device cuda:{CUDA_DEVICES}: this machine has {CUDA_DEVICES} CUDA device(s)",
+              "give --device auto or cpu")),
+        Case("triton kernels on the CPU", ["up", "--model", "unused", "--device", "cpu",
+                                           "--kernel-backend", "triton"], 2,
+             ("--kernel-backend triton needs triton and a CUDA device",
+              "give --kernel-backend auto or torch"), env={"TRITON_INTERPRET": "0"}),
+        Case("not a port", ["broker", "--broker-port", "70000"], 2,
+             ("--broker-port='70000': must be a TCP port, 1 to 65535",)),
+        Case("unknown option", ["up", "--bogus"], 2,
+             ("unrecognized arguments: --bogus", "`binbaton up --help` lists the options")),
+        Case("option without its value", ["worker", "--bins", "0", "--max-batch"], 2,
+             ("argument --max-batch: expected one argument", "binbaton worker --help")),
         Case("traceback at --log-level DEBUG",
              ["topics", "--bootstrap-servers", f"127.0.0.1:{nobody}", "--log-level", "DEBUG"],
              1, ("no Kafka broker answers",), traceback=True),
@@ -112,7 +144,18 @@ def test_models_that_cannot_load_and_a_metrics_port_in_use(
     """Commands that import torch and transformers (several seconds each on 2 cores)."""
     empty = tmp_path / "empty-model"
     empty.mkdir()
+    no_weights = tmp_path / "no-weights"  # config.json and tokenizer, no *.safetensors
+    no_tokenizer = tmp_path / "no-tokenizer"  # config.json and weights, no tokenizer
+    for folder in (no_weights, no_tokenizer):
+        shutil.copytree(tiny_llama_dir, folder)
+    for stale in no_weights.glob("*.safetensors*"):
+        stale.unlink()
+    for stale in no_tokenizer.glob("tokenizer*"):
+        stale.unlink()
+    not_gguf = tmp_path / "broken.gguf"
+    not_gguf.write_bytes(b"not a gguf file")
     nobody = str(free_port())
+    kafka = ["--bootstrap-servers", broker, "--topic-prefix", f"t.models.{nobody}"]
     hf_home = str(tmp_path / "hf")
     check([
         Case("model path missing", ["predict", "--model", str(tmp_path / "nowhere")], 1,
@@ -124,7 +167,39 @@ def test_models_that_cannot_load_and_a_metrics_port_in_use(
              ("model path", "does not exist")),
         Case("--bins disagrees with --bin-edges under up",
              ["up", "--bins", "3", "--bin-edges", "64", "--model", str(tiny_llama_dir)], 2,
-             ("--bins 3 disagrees with --bin-edges", "2 bins")),
+             ("--bins 3 disagrees with --bin-edges 64 (2 bins)", "give 2 edges for 3 bins",
+              "or --bins 2")),
+        Case("a config's own check under up names the flag",
+             ["up", "--model", str(tiny_llama_dir), "--broker-port", nobody], 2,
+             ("--kv-memory-fraction ($BINBATON_KV_MEMORY_FRACTION)", "must be in (0, 1]"),
+             env={"BINBATON_KV_MEMORY_FRACTION": "2"}),
+        Case("KV budget under one block", ["worker", "--bins", "0", "--model", str(tiny_llama_dir),
+                                          "--bootstrap-servers", broker, "--topic-prefix",
+                                          f"t.kv.{nobody}", "--kv-budget-bytes", "10240"], 2,
+             ("holds 10 tokens, less than one block of 16",
+              "give --kv-budget-tokens of at least 16")),
+        Case("KV budget tokens under one block under up",
+             ["up", "--model", str(tiny_llama_dir), "--broker-port", nobody,
+              "--kv-budget-tokens", "10"], 2,
+             ("--kv-budget-tokens ($BINBATON_KV_BUDGET_TOKENS)", "--block-size",
+              "kv_budget_tokens 10 holds less than one block")),
+        Case("no weights under up", ["up", "--model", str(no_weights), "--broker-port", nobody],
+             1, ("has a config.json but no *.safetensors weights",)),
+        Case("no weights under worker", ["worker", "--bins", "0", "--model", str(no_weights),
+                                         *kafka], 1,
+             ("has a config.json but no *.safetensors weights",)),
+        Case("no tokenizer under classifier", ["classifier", "--model", str(no_tokenizer),
+                                               *kafka], 1,
+             (f"cannot load the tokenizer of {no_tokenizer}", "tokenizer.json")),
+        Case("not a gguf under up", ["up", "--model", str(not_gguf), "--broker-port", nobody],
+             1, (f"{not_gguf} is not a GGUF file", "give a complete, valid .gguf file")),
+        Case("not a gguf under worker", ["worker", "--bins", "0", "--model", str(not_gguf),
+                                         *kafka], 1,
+             (f"cannot read the model config of {not_gguf}", "valid .gguf file")),
+        Case("--max-model-len over the model's context", ["worker", "--bins", "0", "--model",
+                                                          str(tiny_llama_dir), *kafka,
+                                                          "--max-model-len", "999999"], 2,
+             ("--max-model-len 999999 exceeds the model's context", "give at most")),
         Case("hub id, HF_HUB_OFFLINE", ["predict", "--model", "someone/no-such-model"], 1,
              ("not in the Hugging Face cache", "HF_HUB_OFFLINE is set", "give a local"),
              env={"HF_HUB_OFFLINE": "1", "HF_HOME": hf_home}),
@@ -135,4 +210,23 @@ def test_models_that_cannot_load_and_a_metrics_port_in_use(
                                      "--bootstrap-servers", broker, "--topic-prefix",
                                      f"t.metrics.{nobody}", "--metrics-port", str(listening)],
              1, (f"metrics port {listening}", "is in use", "--metrics-port")),
+    ])
+
+
+def test_clients_name_what_is_missing(broker: str) -> None:
+    """`results` says which ids got no result in time; `results` and `produce` say that
+    their topic is missing (produce would otherwise create it, and nothing reads it)."""
+    prefix = f"t.results.{free_port()}"
+    subprocess.run([BINBATON, "topics", "--bootstrap-servers", broker, "--topic-prefix", prefix],
+                   check=True, capture_output=True, timeout=60)
+    check([
+        Case("no result in time", ["results", "--id", "nope", "--timeout", "1",
+                                   "--bootstrap-servers", broker, "--topic-prefix", prefix], 1,
+             ("no result for nope within --timeout", "check the id")),
+        Case("no results topic", ["results", "--bootstrap-servers", broker, "--topic-prefix",
+                                  f"{prefix}.absent"], 1,
+             (f"topic {prefix}.absent.results does not exist", "check --topic-prefix")),
+        Case("no requests topic", ["produce", "--prompt", "hi", "--bootstrap-servers", broker,
+                                   "--topic-prefix", f"{prefix}.absent"], 1,
+             (f"topic {prefix}.absent.requests does not exist", "`binbaton up`")),
     ])

@@ -69,6 +69,21 @@ def test_a_bad_environment_value_fails_loudly(capsys, monkeypatch: pytest.Monkey
     assert "$BINBATON_PARTITIONS='many'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "line"), [
+    (["frob"], "binbaton: argument COMMAND: invalid choice: 'frob'"),
+    ([], "binbaton: the following arguments are required: COMMAND"),
+    (["schema", "--bogus"], "binbaton schema: unrecognized arguments: --bogus"),
+    (["results", "--count", "x"], "binbaton results: argument --count: invalid int value: 'x'"),
+])
+def test_a_command_line_that_does_not_parse_is_one_line(argv: list[str], line: str,
+                                                        capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(line) and "--help` lists the options" in err
+
+
 @pytest.mark.parametrize(("command", "module"), [
     ("bench", "binbaton.bench.cli"),
     ("train-predictor", "binbaton.service.app.commands.train_predictor")])

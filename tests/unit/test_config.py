@@ -39,7 +39,7 @@ def test_command_line_wins_over_environment_over_default() -> None:
 def test_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"\$BINBATON_BINS='zero'"):
         resolve(parse([], named("bins")), named("bins"), {"BINBATON_BINS": "zero"})
-    with pytest.raises(ConfigError, match=r"\$BINBATON_BROKER_PORT='0': must be >= 1"):
+    with pytest.raises(ConfigError, match=r"\$BINBATON_BROKER_PORT='0': must be a TCP port"):
         resolve(parse([], named("broker-port")), named("broker-port"),
                 {"BINBATON_BROKER_PORT": "0"})
 

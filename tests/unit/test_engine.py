@@ -12,6 +12,7 @@ import pytest
 import torch
 from binbaton.workers.engine.config import EngineConfig
 from binbaton.workers.engine.engine import Engine
+from binbaton.workers.engine.kv_cache import KVBudgetError
 from binbaton.workers.engine.request import GenerationRequest, SamplingParams
 from binbaton.workers.engine.tiny import save_tiny_checkpoint
 from transformers import GenerationConfig
@@ -213,6 +214,16 @@ def test_capacity_follows_the_budget(tiny_llama_dir):
     assert by_bytes.cache.num_blocks == 64 // 16
     default = make_engine(tiny_llama_dir, kv_budget_tokens=None, max_batch=3)
     assert default.cache.capacity_tokens == 3 * default.max_model_len
+
+
+def test_a_budget_under_one_block_is_a_setting_to_fix(tiny_llama_dir):
+    # llama tiny: 1024 bytes per token, so 10 KiB hold 10 tokens
+    with pytest.raises(KVBudgetError, match="holds 10 tokens, less than one block of 16: give"):
+        make_engine(tiny_llama_dir, kv_budget_tokens=None, kv_budget_bytes=10 * 1024,
+                    block_size=16)
+    assert KVBudgetError.exit_code == 2
+    with pytest.raises(ValueError, match="kv_budget_tokens 10 holds less than one block"):
+        EngineConfig(model="m", kv_budget_tokens=10, block_size=16)
 
 
 def test_unsupported_architecture_is_named(tmp_path):

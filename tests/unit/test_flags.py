@@ -92,3 +92,16 @@ def test_unchanged_flag_names_and_defaults_of_the_contract() -> None:
     assert up["batch-size"] == 64 and up["max-tokens-limit"] == 4096
     assert up["predictor-learning-rate"] == 0.1 and up["drain-timeout"] == 30.0
     assert up["tracing"] is True and up["metrics-port"] == 0 and up["log-level"] == "WARNING"
+
+
+def test_a_configs_own_check_names_the_flag_and_variable_of_the_field() -> None:
+    values = resolve({"model": "m", "dtype": "float32", "bin_max_batch": "4,0"}, ENGINE.flags(),
+                     environ={})
+    with pytest.raises(ConfigError) as raised:
+        ENGINE.build(values)
+    assert str(raised.value).startswith(
+        "--bin-max-batch ($BINBATON_BIN_MAX_BATCH): bin_max_batch entries must be >= 1")
+    values = resolve({"model": "m", "dtype": "float32"}, ENGINE.flags(),
+                     environ={"BINBATON_KV_MEMORY_FRACTION": "2"})
+    with pytest.raises(ConfigError, match=r"^--kv-memory-fraction \(\$BINBATON_KV_MEMORY_F"):
+        ENGINE.build(values)

@@ -61,6 +61,9 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.kv_budget_tokens is not None and self.kv_budget_tokens < self.block_size:
+            raise ValueError(f"kv_budget_tokens {self.kv_budget_tokens} holds less than one "
+                             f"block: give at least block_size {self.block_size}")
         if self.kv_memory_fraction is not None and not 0 < self.kv_memory_fraction <= 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}")
         for name in ("bin_max_batch", "bin_reserved_tokens"):

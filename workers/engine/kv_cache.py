@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 
 import torch
+from binbaton.schemas.settings import ConfigError
 
 
 def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -19,14 +20,20 @@ def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: to
     return 2 * num_layers * num_kv_heads * head_dim * itemsize
 
 
+class KVBudgetError(ConfigError):
+    """The KV cache budget is too small to hold one block: a setting the person can fix."""
+
+
 def blocks_from_budget(
     budget_tokens: int | None, budget_bytes: int | None, block_size: int, token_bytes: int
 ) -> int:
     tokens = budget_tokens if budget_tokens is not None else (budget_bytes or 0) // token_bytes
     num_blocks = tokens // block_size
     if num_blocks < 1:
-        raise ValueError(
-            f"KV budget holds {tokens} tokens, less than one block of {block_size}"
+        raise KVBudgetError(
+            f"the KV cache budget holds {tokens} tokens, less than one block of {block_size}: "
+            f"give --kv-budget-tokens of at least {block_size} (or more --kv-budget-bytes, "
+            f"--kv-memory-fraction), or a smaller --block-size"
         )
     return num_blocks
 

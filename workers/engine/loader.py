@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from binbaton.kernels.ops import KernelOps
-from binbaton.schemas.settings import UserError
+from binbaton.schemas.settings import ConfigError, UserError
 from binbaton.workers.engine.model import CausalLM, ModelShape, Rotary
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -84,15 +84,33 @@ class ModelSource:
         """What transformers' from_pretrained needs besides the directory."""
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
+    @property
+    def path(self) -> Path:
+        return self.directory / self.gguf_file if self.gguf_file else self.directory
+
     def config(self) -> PretrainedConfig:
         if self.gguf_file:
             require_gguf_support()
-        return AutoConfig.from_pretrained(self.directory, **self.pretrained_kwargs)
+        try:
+            return AutoConfig.from_pretrained(self.directory, **self.pretrained_kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot read the model config of {self.path}: "
+                                 f"{first_line(exc)}; {self.fix()}") from exc
 
     def tokenizer(self) -> Any:
         if self.gguf_file:
             require_gguf_support()
-        return AutoTokenizer.from_pretrained(self.directory, **self.pretrained_kwargs)
+        try:
+            return AutoTokenizer.from_pretrained(self.directory, **self.pretrained_kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot load the tokenizer of {self.path}: "
+                                 f"{first_line(exc)}; {self.fix()}") from exc
+
+    def fix(self) -> str:
+        if self.gguf_file:
+            return "give a complete, valid .gguf file"
+        return ("give a complete Hugging Face checkpoint directory (config.json, tokenizer "
+                "files such as tokenizer.json, *.safetensors)")
 
     def weights(
         self, config: PretrainedConfig, dtype: torch.dtype
@@ -118,6 +136,27 @@ def resolve_model(model: str) -> ModelSource:
             f"or one of the named models {sorted(NAMED_MODELS)}"
         )
     return local_source(download_from_hub(model))
+
+
+def first_line(exc: BaseException) -> str:
+    """A library's error as one line (transformers' messages run over several)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].rstrip(".:") if lines else type(exc).__name__
+
+
+def check_model(model: str) -> None:
+    """What can be checked in a moment, before loading anything big: the model resolves;
+    a .gguf starts as one (its full parse takes seconds); a checkpoint directory's config
+    reads, names a supported architecture, and has weight files beside it."""
+    source = resolve_model(model)
+    if source.gguf_file:
+        with open(source.path, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise ModelLoadError(f"{source.path} is not a GGUF file (it does not start "
+                                     f"with GGUF); {source.fix()}")
+        return
+    check_architecture(source.config())
+    weight_files(source.directory)
 
 
 def load_hf_config(model: str) -> PretrainedConfig:
@@ -327,15 +366,16 @@ def context_length(config: PretrainedConfig, cap: int | None) -> int:
     uses_window = getattr(config, "use_sliding_window", True)  # Qwen2/3 gate it
     if window is not None and uses_window and window < length:
         if cap is not None and cap > window:
-            raise ValueError(
-                f"max_model_len {cap} exceeds the model's sliding window {window}; "
-                "sliding-window attention beyond the window is not supported"
+            raise ConfigError(
+                f"--max-model-len {cap} exceeds the model's sliding window {window} "
+                f"(attention beyond the window is not supported): give at most {window}"
             )
         log.warning("serving at most %d tokens per sequence (the sliding window)", window)
         length = window
     if cap is not None:
         if cap > length:
-            raise ValueError(f"max_model_len {cap} exceeds the model's context {length}")
+            raise ConfigError(f"--max-model-len {cap} exceeds the model's context {length}: "
+                              f"give at most {length}, or leave it out")
         length = cap
     return length
 
@@ -464,8 +504,9 @@ def load_model(
     shape = model_shape(config)
     context = context_length(config, max_model_len)
     inv_freq, scaling = inv_freq_and_scaling(config, shape.head_dim)
-    net = CausalLM(shape, ops)
-    load_weights(net, source.weights(config, DTYPES[dtype]))
+    weights = source.weights(config, DTYPES[dtype])  # no weight files: raises, before the
+    net = CausalLM(shape, ops)  # model (a config.json alone may describe a 7B one) is built
+    load_weights(net, weights)
     net = net.to(device=device, dtype=DTYPES[dtype]).eval()
     # cos/sin tables stay float32 and are cast per use, as Hugging Face does.
     net.rotary = Rotary(inv_freq, scaling, context).to(device)

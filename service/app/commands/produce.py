@@ -9,7 +9,7 @@ import asyncio
 import sys
 
 from binbaton.schemas.messages import Request
-from binbaton.schemas.settings import ConfigError
+from binbaton.schemas.settings import ConfigError, UserError
 from binbaton.service.app import workload
 from binbaton.service.app.command import Command
 from binbaton.service.app.configs import kafka_config
@@ -59,12 +59,32 @@ def messages_of(args: argparse.Namespace) -> list[client.Outgoing]:
     if args.prompt is not None or args.chat is not None:
         return [client.request_message(one_request(args))]
     if args.file is not None:
-        handle = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+        return [client.raw_message(line) for line in file_lines(args.file)[: args.count]]
+    return trace_messages(args)
+
+
+def file_lines(path: str) -> list[bytes]:
+    """The non-blank lines of --file (``-``: stdin), each as it is."""
+    try:
+        handle = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
         with handle:
-            lines = [line.rstrip(b"\r\n") for line in handle if line.strip()]
-        return [client.raw_message(line) for line in lines[: args.count]]
+            return [line.rstrip(b"\r\n") for line in handle if line.strip()]
+    except OSError as exc:
+        raise UserError(f"cannot read --file {path}: {exc.strerror or exc}; give a file of "
+                        f"Request JSON lines, or - to read them from stdin") from exc
+
+
+def trace_messages(args: argparse.Namespace) -> list[client.Outgoing]:
     path = workload.TRACE_SLICE if args.trace == "slice" else args.trace
-    rows = workload.load_trace(path, limit=args.count)
+    try:
+        rows = workload.load_trace(path, limit=args.count)
+    except OSError as exc:
+        raise UserError(f"cannot read --trace {path}: {exc.strerror or exc}; give an Azure "
+                        f"LLM trace CSV, or slice for the copy in the repo") from exc
+    except (KeyError, ValueError) as exc:
+        reason = f"no column {exc.args[0]}" if isinstance(exc, KeyError) else str(exc)
+        raise UserError(f"--trace {path} is not an Azure LLM trace CSV ({reason}); it needs "
+                        f"the columns TIMESTAMP, ContextTokens and GeneratedTokens") from exc
     return workload.trace_requests(
         rows, length_scale=args.length_scale, time_scale=args.time_scale,
         max_tokens_cap=args.max_tokens_cap, context_cap=args.context_cap, ignore_eos=True)
@@ -83,15 +103,21 @@ def one_request(args: argparse.Namespace) -> Request:
         raise ConfigError(str(exc)) from exc
 
 
+REQUESTS_WAIT_S = 5.0  # how long produce waits for the requests topic (up creating it)
+
+
 def run(args: argparse.Namespace, values: Values) -> int:
+    messages = messages_of(args)  # a usage or file problem first, before the broker's
     kafka = kafka_config(values, client_id="binbaton-client")
     topic = TOPICS.part("prefix").build(values).requests
-    messages = messages_of(args)
+    # Producing creates a missing topic on the embedded broker (and on Kafka with
+    # auto-create): nothing would ever read it, so a wrong prefix must not pass silently.
+    asyncio.run(client.wait_for_topic(kafka.bootstrap_servers, topic, timeout=REQUESTS_WAIT_S))
     sent = asyncio.run(client.produce(kafka, topic, messages, paced=args.trace is not None,
                                       tracing_config=TRACING.build(values)))
     for message in messages:
         print(message.key.decode() if message.key else "-")
-    print(f"sent {sent} requests to {topic}", file=sys.stderr)
+    print(f"sent {sent} request{'' if sent == 1 else 's'} to {topic}", file=sys.stderr)
     return 0
 
 

@@ -44,10 +44,18 @@ def run(args: argparse.Namespace, values: Values) -> int:
                 if args.count and printed >= args.count:
                     return 0
                 if deadline is not None and loop.time() > deadline:
-                    return 0 if not wanted else 1
+                    return 0 if not wanted else missing(wanted - follower.seen.keys())
         return 0
 
     return run_until_signal(follow)
+
+
+def missing(ids: set[str]) -> int:
+    """Say which ids got no result in time (exit code 1), rather than exit silently."""
+    shown = ", ".join(sorted(ids)[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    print(f"binbaton results: no result for {shown} within --timeout: check the id "
+          f"(`binbaton produce` prints it) or wait longer", file=sys.stderr)
+    return 1
 
 
 COMMAND = Command("results", CLIENT, run, add_arguments)
