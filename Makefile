@@ -36,9 +36,10 @@ typecheck: setup
 test: setup lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-# The tests that need no broker (no tests/integration): a few minutes on 2 cores.
+# The tests that need no broker (no tests/integration) and are not marked slow (the
+# SmolLM2 exactness check, the ahead-of-time kernel compiles): about two minutes on 2 cores.
 unit: setup
-	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not broker"
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not broker and not slow"
 
 demo: setup
 	$(VENV)/bin/binbaton demo
