@@ -188,6 +188,9 @@ def worker_env(num_workers: int, device: str) -> dict[str, str]:
     if device == "cpu" and "OMP_NUM_THREADS" not in env:
         # Workers share the cores instead of each spawning one thread per core.
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // num_workers))
+    # Several workers' model-loading progress bars (GGUF de-quantizing) would interleave
+    # on up's stderr; the `kv cache` and `worker ready` lines say what matters.
+    env.setdefault("TQDM_DISABLE", "1")
     return env
 
 

@@ -16,7 +16,7 @@ from binbaton.schemas.messages import Request, Result
 from binbaton.service.app import cli
 from binbaton.service.app.commands import predict
 from binbaton.service.app.flags import resolve
-from binbaton.service.app.supervisor import split_bins, spread_topics, worker_argv
+from binbaton.service.app.supervisor import split_bins, spread_topics, worker_argv, worker_env
 from binbaton.service.classifier.config import ClassifierConfig
 from binbaton.service.classifier.router import Router
 from binbaton.service.kafka.topics import TopicsConfig
@@ -169,3 +169,12 @@ def test_predict_decides_a_batch_at_once_in_order_and_survives_bad_lines(
     rows = predict.predict_rows(router, [good[0], encode(Request(id="b", prompt="boom")), good[1]])
     assert [r["id"] for r in rows] == ["g0", "b", "g1"]
     assert rows[1]["error"]["code"] == "internal" and "bin" in rows[0] and "bin" in rows[2]
+
+
+def test_worker_env_shares_the_cores_and_quiets_loading_bars(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    env = worker_env(2, "cpu")
+    assert env["TQDM_DISABLE"] == "1" and int(env["OMP_NUM_THREADS"]) >= 1
+    monkeypatch.setenv("TQDM_DISABLE", "0")  # a user's choice stands
+    assert worker_env(2, "cpu")["TQDM_DISABLE"] == "0"
