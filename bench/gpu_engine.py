@@ -288,6 +288,17 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
               "cuStreamSynchronize", "cuCtxSynchronize", "cudaMemcpy")
 
 
+
+def _step_ms(engine: Any, ctx: Context, steps: int) -> float:
+    """Milliseconds per engine step over ``steps`` steps, the device synced at both ends."""
+    ctx.sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    ctx.sync()
+    return (time.perf_counter() - t0) * 1000 / steps
+
+
 def profile(ctx: Context, steps: int = 5) -> dict[str, Any]:
     """A full batch (the largest batch size) decoding, CUDA graphs on: ``steps`` decode
     steps traced with torch.profiler. GPU-busy fraction = union of the device's kernel and
@@ -314,20 +325,10 @@ def profile(ctx: Context, steps: int = 5) -> dict[str, Any]:
         engine.step()
     for _ in range(3):
         engine.step()
-    ctx.sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        engine.step()
-    ctx.sync()
-    untraced_ms = (time.perf_counter() - t0) * 1000 / steps
+    untraced_ms = _step_ms(engine, ctx, steps)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.cuda else [])
     with torch_profile(activities=activities) as prof:
-        ctx.sync()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            engine.step()
-        ctx.sync()
-        traced_ms = (time.perf_counter() - t0) * 1000 / steps
+        traced_ms = _step_ms(engine, ctx, steps)
     assert engine.last_step.decode_tokens == batch
     result = {"batch": batch, "steps": steps, "cuda_graphs": len(engine.runner.graphs),
               "step_ms_untraced": round(untraced_ms, 3), "step_ms_traced": round(traced_ms, 3),

@@ -19,6 +19,13 @@ from binbaton.service.kafka.topics import TopicsConfig
 BINBATON = str(Path(sys.executable).with_name("binbaton"))
 
 
+async def write_old_results(producer: AIOKafkaProducer, topic: str) -> None:
+    """200 old results, several per write (what shortens the broker's end offset)."""
+    acks = [await producer.send(topic, encode(Result(id=f"old-{i}", status="ok")),
+                                key=f"old-{i}".encode()) for i in range(200)]
+    await asyncio.gather(*acks)
+
+
 async def test_results_latest_shows_only_new_results(broker: str, unique_prefix: str,
                                                      create_topics) -> None:
     await create_topics(TopicsConfig(prefix=unique_prefix, num_bins=1))
@@ -27,10 +34,7 @@ async def test_results_latest_shows_only_new_results(broker: str, unique_prefix:
                                 linger_ms=50)
     await producer.start()
     try:
-        # Old results, several per write (what shortens the broker's end offset).
-        acks = [await producer.send(topic, encode(Result(id=f"old-{i}", status="ok")),
-                                    key=f"old-{i}".encode()) for i in range(200)]
-        await asyncio.gather(*acks)
+        await write_old_results(producer, topic)
         process = await asyncio.create_subprocess_exec(
             BINBATON, "results", "--latest", "--count", "3", "--timeout", "60",
             "--bootstrap-servers", broker, "--topic-prefix", unique_prefix,
@@ -62,9 +66,7 @@ async def test_a_follower_from_now_skips_the_rest_of_the_last_write(
                                 linger_ms=50)
     await producer.start()
     try:
-        acks = [await producer.send(topic, encode(Result(id=f"old-{i}", status="ok")),
-                                    key=f"old-{i}".encode()) for i in range(200)]
-        await asyncio.gather(*acks)
+        await write_old_results(producer, topic)
         async with ResultFollower(KafkaConfig(bootstrap_servers=broker), topic,
                                   from_beginning=False) as follower:
             await producer.send_and_wait(topic, encode(Result(id="new", status="ok")),
